@@ -1,0 +1,70 @@
+"""What vos-eval and vos-bench share: ground truth of a DAVIS-layout sequence (the layout
+itself is `sdk.davis`), first-appearance prompts, timed playback through a segmenter, machine
+description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from benchmarks.metrics import first_appearance
+from sdk.io import read_mask
+
+
+def read_ground_truth(annotations: Path, names: Iterable[str]) -> list[np.ndarray]:
+    """Label maps uint8 [H,W] of `annotations/<name>.png` for each frame name.
+    Raises FileNotFoundError for a frame without annotation."""
+    masks = []
+    for name in names:
+        path = annotations / f"{name}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"no ground-truth mask {path}")
+        masks.append(read_mask(path))
+    return masks
+
+
+def prompts(gt_labels: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+    """Masks to give the segmenter, one per frame (None = none): on the frame where objects
+    first appear, a label map uint8 [H,W] of just those objects (void -> background); the
+    first frame's holds every object it shows (DAVIS 2017 / YouTube-VOS semi-supervised)."""
+    masks: list[np.ndarray | None] = [None] * len(gt_labels)
+    first = first_appearance(gt_labels)
+    for t in sorted(set(first.values())):
+        new = [obj for obj, t0 in first.items() if t0 == t]
+        masks[t] = np.where(np.isin(gt_labels[t], new), gt_labels[t], 0).astype(np.uint8)
+    return masks
+
+
+def play(
+    segmenter, frames: Iterable[np.ndarray], masks: Iterable[np.ndarray | None], latencies: list[float]
+) -> Iterator[np.ndarray]:
+    """Step the segmenter through rgb uint8 [H,W,3] frames with their prompt masks; yield each
+    label map [H,W] and append the seconds spent in `step` to `latencies`."""
+    for rgb, mask in zip(frames, masks, strict=True):
+        start = time.perf_counter()
+        labels = segmenter.step(rgb, mask)
+        latencies.append(time.perf_counter() - start)
+        yield labels
+
+
+def machine_info(providers: Sequence[str]) -> dict:
+    """CPU model (/proc/cpuinfo), logical cores, platform, ONNX Runtime version, providers."""
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "onnxruntime": onnxruntime.__version__,
+        "providers": list(providers),
+    }

@@ -1,0 +1,108 @@
+"""vos-eval: J&F of the sdk on a DAVIS-layout data set (semi-supervised protocol)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from benchmarks.common import machine_info, play, prompts, read_ground_truth
+from benchmarks.metrics import evaluate_sequence, summarize
+from sdk import cli
+from sdk.davis import davis_sequence_dirs, read_split
+from sdk.io import iter_frames, list_frames, write_mask
+
+EXAMPLES = """\b
+Examples:
+  vos-eval --data ../shared/data/davis2016-480p --split val --out runs/val --json runs/val.json
+  vos-eval --data ../shared/data/davis2016-240p --split val --sequences blackswan,cows \\
+           --method first_latest --providers cpu --out runs/q --json runs/q.json
+
+\b
+Each sequence is segmented from its first-frame ground-truth mask (an object that first
+appears later is given on its first frame); J (region IoU) and F (boundary F-measure) are
+scored per object without the first and last frames (DAVIS 2017 toolkit) and reported x100.
+Means are over objects, as in the toolkit; fps = frames / seconds spent in Segmenter.step.
+"""
+
+
+def evaluate(segmenter, root: Path, sequence: str, out: Path) -> tuple[dict, list[float]]:
+    """Segment one sequence, write `out/<sequence>/<frame>.png`, score it
+    -> ({object_id: {"J": [...], "F": [...]}}, seconds spent in step per frame)."""
+    frames, annotations = davis_sequence_dirs(root, sequence)
+    names = list_frames(frames)
+    gt = read_ground_truth(annotations, names)
+    segmenter.reset()
+    latencies: list[float] = []
+    stream = play(segmenter, (rgb for _, rgb in iter_frames(frames)), prompts(gt), latencies)
+
+    def predictions():
+        for name, labels in tqdm(zip(names, stream), total=len(names), desc=sequence, unit="frame"):
+            write_mask(out / sequence / f"{name}.png", labels)
+            yield labels
+
+    return evaluate_sequence(predictions(), gt), latencies
+
+
+def _row(name: str, scores: dict) -> str:
+    return (f"{name:<20} {scores['J']:6.1f} {scores['F']:6.1f} {scores['J&F']:6.1f} "
+            f"{scores['frames']:7d} {scores['fps']:7.2f}")
+
+
+def _percent(summary: dict) -> dict:
+    """J&F, J, F (means) and the recalls/decays of a `summarize` result, x100."""
+    keys = {"J&F": "J&F", "J": "J-Mean", "F": "F-Mean", "J-Recall": "J-Recall", "J-Decay": "J-Decay",
+            "F-Recall": "F-Recall", "F-Decay": "F-Decay"}
+    return {key: round(100 * summary[name], 2) for key, name in keys.items()}
+
+
+@click.command(epilog=EXAMPLES)
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="ROOT",
+              help="DAVIS-layout root: JPEGImages/, Annotations/, ImageSets/.")
+@click.option("--split", default="val", show_default=True, help="Split file ImageSets/<split>.txt.")
+@click.option("--sequences", metavar="A,B", help="Evaluate only these sequences of the split.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Where the predicted palette PNGs go: DIR/<sequence>/<frame>.png.")
+@click.option("--json", "json_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="Where the scores go (JSON).")
+@cli.segmenter_options()
+def main(data, split, sequences, out, json_path, model, method, resolution, providers):
+    """Evaluate semi-supervised VOS (J&F, fps) of the sdk on a DAVIS-layout data set."""
+    with cli.user_errors():
+        names = read_split(data, split)
+        if sequences:
+            wanted = [s.strip() for s in sequences.split(",") if s.strip()]
+            unknown = sorted(set(wanted) - set(names))
+            if unknown:
+                raise click.UsageError(f"not in split {split!r}: {', '.join(unknown)}")
+            names = wanted
+        segmenter = cli.make_segmenter(model, method, resolution, providers)
+        all_objects, per_sequence, total_frames, total_seconds = [], {}, 0, 0.0
+        for sequence in names:
+            objects, latencies = evaluate(segmenter, data, sequence, out)
+            all_objects += objects.values()
+            per_sequence[sequence] = {**_percent(summarize(objects.values())), "frames": len(latencies),
+                                      "fps": round(len(latencies) / sum(latencies), 2)}
+            total_frames += len(latencies)
+            total_seconds += sum(latencies)
+    report = {
+        **_percent(summarize(all_objects)),
+        "fps": round(total_frames / total_seconds, 2),
+        "frames": total_frames,
+        "per_sequence": per_sequence,
+        "data": str(data),
+        "split": split,
+        "method": segmenter.method,
+        "model": str(model) if model else "bundled",
+        "resolution": segmenter.resolution or "native",
+        "machine": machine_info(segmenter.providers),
+    }
+    click.echo(f"{'sequence':<20} {'J':>6} {'F':>6} {'J&F':>6} {'frames':>7} {'fps':>7}")
+    for sequence, scores in per_sequence.items():
+        click.echo(_row(sequence, scores))
+    click.echo(_row("mean (over objects)", report))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(f"scores: {json_path}; masks: {out}/")

@@ -1,0 +1,20 @@
+"""vosedge sdk: semi-supervised video object segmentation on exported ONNX graphs.
+
+Imports only numpy, onnxruntime, OpenCV and Pillow — never torch or onnx.
+
+    from sdk import Segmenter
+    seg = Segmenter("exports/lite-every_k")          # or Segmenter() for the bundled model
+    labels = seg.step(first_rgb, first_label_map)    # uint8 [H,W]
+    labels = seg.step(next_rgb)
+"""
+from .errors import InputError, ManifestError, VideoReadError, VosEdgeError
+from .manifest import Manifest, load_manifest
+from .policies import POLICIES, EveryK, FirstLatest, MemoryPolicy, make_policy
+from .segmenter import Segmenter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Segmenter", "Manifest", "load_manifest", "MemoryPolicy", "EveryK", "FirstLatest", "POLICIES",
+    "make_policy", "VosEdgeError", "ManifestError", "InputError", "VideoReadError", "__version__",
+]

@@ -1,0 +1,98 @@
+"""Pre- and post-processing around the graphs: resize and pad to the stride, normalisation,
+sigmoid, soft aggregation (STM/STCN) and the way back to input size."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+ODDS_CLAMP = 1e-7
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a frame of input size (height, width) goes inside the graphs.
+
+    The frame is resized so its short side is ``resolution`` px (aspect kept; None = native
+    size), then zero-padded at the bottom/right (after normalisation, i.e. with the mean
+    colour, as STCN's ``pad_divide_by``) to (padded_h, padded_w), multiples of ``stride``.
+    """
+
+    height: int
+    width: int
+    resized_h: int
+    resized_w: int
+    padded_h: int
+    padded_w: int
+    stride: int
+
+    @classmethod
+    def for_frame(cls, height: int, width: int, resolution: int | None, stride: int) -> "Geometry":
+        if resolution is None:
+            rh, rw = height, width
+        else:
+            scale = resolution / min(height, width)
+            rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
+        up = lambda n: -(-n // stride) * stride  # noqa: E731
+        return cls(height, width, rh, rw, up(rh), up(rw), stride)
+
+    @property
+    def feature_size(self) -> tuple[int, int]:
+        """(h, w) of the stride-16 key/value maps; h·w memory positions per frame."""
+        return self.padded_h // self.stride, self.padded_w // self.stride
+
+    @property
+    def resized(self) -> bool:
+        return (self.resized_h, self.resized_w) != (self.height, self.width)
+
+    def image(self, frame: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        """RGB uint8 [H,W,3] → normalised, padded float32 [1,3,Hp,Wp]: (rgb/255 − mean)/std."""
+        if self.resized:
+            shrink = self.resized_h < self.height
+            frame = cv2.resize(frame, (self.resized_w, self.resized_h),
+                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out = np.zeros((1, 3, self.padded_h, self.padded_w), np.float32)
+        chw = frame.transpose(2, 0, 1).astype(np.float32)
+        out[0, :, :self.resized_h, :self.resized_w] = (chw * (1 / 255) - mean[:, None, None]) / std[:, None, None]
+        return out
+
+    def label_map(self, mask: np.ndarray) -> np.ndarray:
+        """uint8 label map [H,W] → [Hp,Wp] uint8 (nearest-neighbour resize, zero padding)."""
+        if self.resized:
+            mask = cv2.resize(mask, (self.resized_w, self.resized_h), interpolation=cv2.INTER_NEAREST)
+        out = np.zeros((self.padded_h, self.padded_w), np.uint8)
+        out[:self.resized_h, :self.resized_w] = mask
+        return out
+
+    def to_input(self, probs: np.ndarray) -> np.ndarray:
+        """[C,Hp,Wp] float32 → [C,H,W] float32: crop the padding, bilinear resize to input size."""
+        probs = probs[:, :self.resized_h, :self.resized_w]
+        if not self.resized:
+            return probs
+        hwc = cv2.resize(np.ascontiguousarray(probs.transpose(1, 2, 0)), (self.width, self.height),
+                         interpolation=cv2.INTER_LINEAR)
+        return hwc.reshape(self.height, self.width, -1).transpose(2, 0, 1)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow warnings, float32 in → float32 out."""
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def soft_aggregate(prob: np.ndarray) -> np.ndarray:
+    """Soft aggregation of per-object probabilities (STM; STCN ``aggregate``).
+
+    prob [N,H,W] float32 in [0,1] → [N+1,H,W] float32 summing to 1 over axis 0, channel 0 the
+    background: bg = Π(1 − p_i); each of [bg, p_1..p_N] is clamped to [1e-7, 1 − 1e-7] and the
+    softmax of their logits log(p/(1−p)) is taken, i.e. odds normalised to sum 1.
+    """
+    bg = np.prod(1 - prob, axis=0, keepdims=True)
+    p = np.clip(np.concatenate([bg, prob]), ODDS_CLAMP, 1 - ODDS_CLAMP)
+    odds = p / (1 - p)
+    return odds / odds.sum(0, keepdims=True)
+
+
+def one_hot(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """uint8 label map [H,W], label values [N] → float32 [N,H,W] with 1 where labels == values[i]."""
+    return (labels[None] == np.asarray(values, np.uint8)[:, None, None]).astype(np.float32)

@@ -1,0 +1,88 @@
+"""ONNX Runtime sessions of the four exported graphs, with execution-provider selection."""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import InputError
+from .manifest import GRAPH_NAMES, Manifest
+
+log = logging.getLogger("vosedge")
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+_SHORT_NAMES = {"cuda": CUDA, "cpu": CPU, "tensorrt": "TensorrtExecutionProvider"}
+_ORT_DEFAULT_SEVERITY = 2  # onnxruntime's own default (warning)
+
+
+def resolve_providers(providers=None) -> list:
+    """Execution providers to request, in preference order.
+
+    ``None`` → CUDA then CPU; otherwise a name or list of names, full
+    (``"CUDAExecutionProvider"``) or short (``"cuda"``, ``"cpu"``, ``"tensorrt"``), or
+    ``(name, options)`` tuples as onnxruntime accepts. CPU is always appended as the last
+    fallback. Raises :class:`~sdk.errors.InputError` for a name onnxruntime does not know.
+    """
+    if providers is None:
+        providers = [CUDA]
+    elif isinstance(providers, (str, tuple)):
+        providers = [providers]
+    known = set(ort.get_all_providers())
+    out = []
+    for p in providers:
+        name, opts = (p if isinstance(p, tuple) else (p, None))
+        name = _SHORT_NAMES.get(str(name).lower(), name)
+        if name not in known:
+            raise InputError(f"unknown execution provider {name!r}; use 'cuda', 'cpu' or one of {sorted(known)}")
+        out.append(name if opts is None else (name, opts))
+    if CPU not in [p[0] if isinstance(p, tuple) else p for p in out]:
+        out.append(CPU)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """Silence onnxruntime's default logger while a session is created: a CUDA EP that cannot
+    load its libraries prints an error and a warning there; we log one line instead."""
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+
+
+class Graphs:
+    """One ``onnxruntime.InferenceSession`` per graph of the manifest.
+
+    ``providers`` as :func:`resolve_providers`. Requested providers that cannot start (e.g.
+    CUDA listed by onnxruntime-gpu on a machine without a GPU or CUDA libraries) are dropped
+    with ONE ``logging`` warning on logger ``"vosedge"``; :attr:`providers` lists those used.
+    """
+
+    def __init__(self, manifest: Manifest, providers=None):
+        requested = resolve_providers(providers)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.sessions = {}
+        for name in GRAPH_NAMES:
+            with _quiet_ort():
+                session = ort.InferenceSession(str(manifest.graphs[name]), options, providers=requested)
+            if not self.sessions:   # first graph: keep only the providers that actually started
+                used = session.get_providers()
+                missing = [p[0] if isinstance(p, tuple) else p for p in requested]
+                missing = [p for p in missing if p not in used]
+                if missing:
+                    why = ("not in this onnxruntime build" if missing[0] not in ort.get_available_providers()
+                           else "its libraries or a GPU could not be loaded")
+                    log.warning("%s execution provider unavailable (%s); running on %s",
+                                "/".join(p.removesuffix("ExecutionProvider") for p in missing), why,
+                                ", ".join(used))
+                    requested = [p for p in requested if (p[0] if isinstance(p, tuple) else p) in used]
+            self.sessions[name] = session
+        self.providers = self.sessions[GRAPH_NAMES[0]].get_providers()
+
+    def run(self, name: str, feeds: dict) -> list[np.ndarray]:
+        """Run graph ``name`` on ``feeds`` (input name → array); returns its outputs in order."""
+        return self.sessions[name].run(None, feeds)

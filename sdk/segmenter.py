@@ -1,0 +1,239 @@
+"""Frame-by-frame semi-supervised VOS on the exported graphs (STCN inference loop)."""
+from __future__ import annotations
+
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+
+from .bank import MemoryBank
+from .errors import InputError
+from .manifest import Manifest, resolve_model
+from .ops import Geometry, one_hot, sigmoid, soft_aggregate
+from .policies import MemoryPolicy, make_policy
+from .runtime import Graphs
+
+STAGES = ("preprocess", "key_encoder", "readout", "decoder", "postprocess", "value_encoder", "bookkeeping")
+
+
+class Segmenter:
+    """Streams a video through the exported STCN-family graphs with a bounded or unbounded
+    memory bank (Cheng et al., "Rethinking Space-Time Networks with Improved Memory Coverage",
+    NeurIPS 2021).
+
+    Args:
+        model: export folder (``manifest.json`` + graphs); None = the bundled default export
+            ``sdk/models/default`` (raises :class:`~sdk.errors.ManifestError` if missing).
+        method: memory policy (``"every_k"``, ``"first_latest"``); None = the manifest's
+            ``method``. Unknown → :class:`~sdk.errors.InputError` listing the known ones.
+        providers: onnxruntime execution providers; None = CUDA if it starts, else CPU (one
+            ``logging`` warning on logger ``"vosedge"`` when CUDA is dropped). Short names
+            ``"cuda"``, ``"cpu"`` accepted.
+        resolution: internal short side in px: ``"manifest"`` = the manifest's, an int, or None
+            = native frame size. Frames are resized (aspect kept), then zero-padded
+            bottom/right to multiples of the manifest ``stride``; outputs are at input size.
+        top_k: top-k of the readout softmax; None = the manifest's ``top_k``.
+        **policy_params: override the manifest's ``policy_defaults[method]``, e.g. ``k=5``,
+            ``max_frames=20`` for every_k.
+
+    Per frame (:meth:`step`): key encoder → readout over the memory bank → decoder →
+    sigmoid → soft aggregation (STM/STCN) → crop padding, bilinear resize to input size →
+    argmax. When the policy writes the frame, the value encoder encodes (image, f16,
+    masks [N,2,H,W] = (own probability, sum of the other objects' probabilities)) and the
+    bank stores key and value in the slot the policy chose.
+    """
+
+    def __init__(self, model: str | Path | None = None, method: str | None = None, providers=None,
+                 resolution: int | str | None = "manifest", top_k: int | None = None, **policy_params):
+        self.manifest: Manifest = resolve_model(model)
+        m = self.manifest
+        self.method = method or m.method
+        self._policy_params = {**m.policy_defaults.get(self.method, {}), **policy_params}
+        make_policy(self.method, **self._policy_params)          # fail early on a bad method/param
+        if resolution == "manifest":
+            resolution = m.resolution
+        if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
+                                       or resolution < 1):
+            raise InputError(f"resolution must be 'manifest', a positive int short side or None, got {resolution!r}")
+        self.resolution = resolution
+        self.top_k = m.top_k if top_k is None else int(top_k)
+        if self.top_k < 1:
+            raise InputError(f"top_k must be ≥ 1, got {top_k}")
+        self._graphs = Graphs(m, providers)
+        self._mean = np.asarray(m.mean, np.float32)
+        self._std = np.asarray(m.std, np.float32)
+        self.timings: dict[str, float] = {}
+        self.reset()
+
+    # -- state -----------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the video: empty memory, no objects, next :meth:`step` is a first frame."""
+        self.policy: MemoryPolicy = make_policy(self.method, **self._policy_params)
+        self.bank = MemoryBank(self.manifest.key_channels, self.manifest.value_channels,
+                               growable=self.policy.growable)
+        self._labels: list[int] = []                 # object index → label value
+        self._lut = np.zeros(1, np.uint8)            # argmax channel → label value
+        self._geometry: Geometry | None = None
+        self._t = 0
+
+    @property
+    def objects(self) -> tuple[int, ...]:
+        """Label values of the objects known so far, in the order they were introduced."""
+        return tuple(self._labels)
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers the sessions actually run on (e.g. ``["CPUExecutionProvider"]``)."""
+        return self._graphs.providers
+
+    @property
+    def bank_bytes(self) -> int:
+        """Bytes of the memory bank's preallocated arrays (0 before the first frame)."""
+        return self.bank.bank_bytes
+
+    @property
+    def frame_index(self) -> int:
+        """Index the next :meth:`step` gives its frame (0 = first frame of the video)."""
+        return self._t
+
+    # -- inference -------------------------------------------------------------------------
+    def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Segment one frame; returns the label map uint8 [H,W] (0 = background).
+
+        frame: RGB uint8 [H,W,3], same size for the whole video.
+        mask: optional integer label map [H,W] (0 = background, labels 1..max_objects, not
+            necessarily contiguous). Required and non-empty on the first frame; later it may
+            introduce new objects or re-state known ones. The objects in it are taken as given
+            (they are the output there; predictions of the other known objects are merged in as
+            XMem does) and the frame is written to memory. An all-zero mask after the first
+            frame gives nothing and counts as no mask.
+
+        :attr:`timings` then holds this frame's per-stage wall times in ms (:data:`STAGES`,
+        0 for stages that did not run, plus ``total``).
+
+        Raises :class:`~sdk.errors.InputError` if the frame is not uint8 [H,W,3], its size
+        differs from the first frame's, the mask is not an integer [H,W] map of the frame's
+        size, has negative labels or labels above the model's ``max_objects``, or the first
+        frame has no mask or an empty one.
+        """
+        t0 = perf_counter()
+        ms = dict.fromkeys(STAGES, 0.0)
+        frame = self._check_frame(frame)
+        mask, given = self._check_mask(mask, frame.shape[:2])
+        if self._geometry is None:
+            if mask is None:
+                raise InputError("the first frame needs a mask: step(frame, mask) with a label map "
+                                 "holding at least one object (labels 1..max_objects)")
+            self._geometry = Geometry.for_frame(frame.shape[0], frame.shape[1], self.resolution,
+                                                self.manifest.stride)
+        geo, t = self._geometry, self._t
+        image = geo.image(frame, self._mean, self._std)
+        t1 = perf_counter()
+        ms["preprocess"] = (t1 - t0) * 1e3
+
+        key, f16, f8, f4 = self._graphs.run("key_encoder", {"image": image})
+        t2 = perf_counter()
+        ms["key_encoder"] = (t2 - t1) * 1e3
+
+        prob = None
+        if self.bank.num_valid and any(label not in given for label in self._labels):
+            prob = self._predict(t, key, f16, f8, f4, ms)
+        t3 = perf_counter()
+
+        new = [label for label in given if label not in self._labels]
+        if new:
+            self._labels += new
+            self._lut = np.array([0, *self._labels], np.uint8)
+            if self.bank.capacity:
+                self.bank.add_objects(len(new))
+        if not self.bank.capacity:
+            hw = int(np.prod(geo.feature_size))
+            self.bank.allocate(self.policy.capacity(), hw, len(self._labels))
+        given_idx = [self._labels.index(label) for label in given]
+        t4 = perf_counter()
+
+        if mask is not None:
+            given_map = geo.label_map(mask)
+            probs = np.zeros((len(self._labels), geo.padded_h, geo.padded_w), np.float32)
+            if prob is not None:
+                probs[:len(prob)] = prob
+                probs[:, given_map > 0] = 0
+            probs[given_idx] = one_hot(given_map, given)
+        else:
+            probs = prob
+        agg = soft_aggregate(probs)                                   # [N+1,Hp,Wp]
+        full = geo.to_input(agg)                                      # [N+1,H,W]
+        if mask is None:
+            out = self._lut[full.argmax(0)]
+        else:
+            others = full.copy()
+            others[[i + 1 for i in given_idx]] = -1                   # given objects: exactly the mask
+            out = np.where(mask > 0, mask, self._lut[others.argmax(0)])
+        t5 = perf_counter()
+        ms["postprocess"] = (t5 - t4) * 1e3
+
+        slot = self.policy.on_frame(t, self.bank.frames, mask is not None)
+        if slot is not None:
+            own = agg[1:]
+            masks = np.stack([own, own.sum(0, keepdims=True) - own], 1)   # [N,2,Hp,Wp]
+            t6 = perf_counter()
+            (value,) = self._graphs.run("value_encoder", {"image": image, "f16": f16, "masks": masks})
+            t7 = perf_counter()
+            ms["value_encoder"] = (t7 - t6) * 1e3
+            self.bank.write(slot, key.reshape(key.shape[1], -1), value.reshape(*value.shape[:2], -1), t)
+        self._t += 1
+        total = (perf_counter() - t0) * 1e3
+        ms["bookkeeping"] = max(0.0, total - sum(ms.values()))
+        ms["total"] = total
+        self.timings = ms
+        return out
+
+    def _predict(self, t, key, f16, f8, f4, ms) -> np.ndarray:
+        """Readout over the whole bank (RDE-VOS Eq. 2–3) + decoder → per-object foreground
+        probability [N_mem,Hp,Wp] float32 for the N_mem objects the bank holds."""
+        t0 = perf_counter()
+        bank = self.bank
+        readout, usage = self._graphs.run("readout", {
+            "query_key": key, "memory_keys": bank.keys[None], "memory_values": bank.values,
+            "valid": bank.valid, "top_k": np.array(min(self.top_k, bank.num_valid), np.int64)})
+        t1 = perf_counter()
+        self.policy.on_readout(t, usage)
+        t2 = perf_counter()
+        (logits,) = self._graphs.run("decoder", {"readout": readout, "f16": f16, "f8": f8, "f4": f4})
+        t3 = perf_counter()
+        ms["readout"], ms["decoder"] = (t1 - t0) * 1e3, (t3 - t2) * 1e3
+        return sigmoid(logits[:, 0])
+
+    # -- input checks ----------------------------------------------------------------------
+    def _check_frame(self, frame) -> np.ndarray:
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
+            raise InputError(f"frame must be RGB uint8 [H,W,3], got {frame.dtype} {list(frame.shape)}")
+        geo = self._geometry
+        if geo is not None and frame.shape[:2] != (geo.height, geo.width):
+            raise InputError(f"frame size changed from {geo.height}x{geo.width} to "
+                             f"{frame.shape[0]}x{frame.shape[1]} mid-video; call reset() to start a new video")
+        return frame
+
+    def _check_mask(self, mask, size) -> tuple[np.ndarray | None, list[int]]:
+        """→ (uint8 label map or None, sorted labels present)."""
+        if mask is None:
+            return None, []
+        mask = np.asarray(mask)
+        if mask.dtype.kind not in "biu" or mask.shape != size:
+            raise InputError(f"mask must be an integer label map of the frame's size {list(size)}, "
+                             f"got {mask.dtype} {list(mask.shape)}")
+        lo, hi = int(mask.min()), int(mask.max())
+        if lo < 0:
+            raise InputError(f"mask has negative label {lo}; labels are 0 (background) or 1..max_objects")
+        limit = self.manifest.max_objects
+        if hi > limit:
+            raise InputError(f"mask label {hi} exceeds this model's limit of max_objects = {limit}")
+        mask = mask.astype(np.uint8, copy=False)
+        labels = [int(v) for v in np.flatnonzero(np.bincount(mask.ravel(), minlength=limit + 1)[1:]) + 1]
+        if not labels:
+            if self._geometry is None:
+                raise InputError("the first frame's mask is empty (all background); it must hold at "
+                                 "least one object (labels 1..max_objects)")
+            return None, []
+        return mask, labels

@@ -1,0 +1,140 @@
+"""vos-eval and vos-bench on a tiny synthetic DAVIS-layout data set with injected segmenters,
+whose scores follow from the metric; then the real sdk on real DAVIS frames."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fake_segmenter import CopyFirstSegmenter, OracleSegmenter
+from PIL import Image
+
+import sdk
+from benchmarks import bench, eval as vos_eval
+from benchmarks.common import prompts
+from benchmarks.metrics import evaluate_sequence, summarize
+from sdk import cli
+from sdk.demo import make_clip
+from sdk.io import read_mask, write_mask
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BUNDLED = Path(sdk.__file__).parent / "models" / "default"
+
+
+def make_dataset(root: Path, layout: str = "") -> dict[str, list[np.ndarray]]:
+    """Two 6-frame 48x64 sequences in DAVIS layout (`layout` = '' or '480p'): 'both' shows
+    objects 1 and 2 from the first frame, 'late' shows object 2 from frame 2 on."""
+    gts = {}
+    for seed, name in enumerate(("both", "late")):
+        rgb, labels = make_clip(frames=6, height=48, width=64, seed=seed)
+        if name == "late":
+            labels[:2][labels[:2] == 2] = 0
+        for i, (frame, gt) in enumerate(zip(rgb, labels)):
+            (root / "JPEGImages" / layout / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(frame).save(root / "JPEGImages" / layout / name / f"{i:05d}.jpg")
+            write_mask(root / "Annotations" / layout / name / f"{i:05d}.png", gt)
+        gts[name] = list(labels)
+    (root / "ImageSets").mkdir()
+    (root / "ImageSets" / "val.txt").write_text("both\nlate\n")
+    return gts
+
+
+def run_eval(tmp_path, segmenter, monkeypatch, *extra):
+    monkeypatch.setattr(cli, "make_segmenter", lambda *options: segmenter)
+    args = ["--data", tmp_path / "data", "--split", "val", "--out", tmp_path / "out", "--json", tmp_path / "r.json", *extra]
+    result = CliRunner().invoke(vos_eval.main, [str(a) for a in args])
+    report = json.loads((tmp_path / "r.json").read_text()) if result.exit_code == 0 else None
+    return result, report
+
+
+@pytest.mark.parametrize("layout", ["", "480p"])
+def test_oracle_scores_100_and_late_objects_are_prompted(tmp_path, monkeypatch, layout):
+    gts = make_dataset(tmp_path / "data", layout)
+    oracle = OracleSegmenter(gts["both"] + gts["late"])
+    result, report = run_eval(tmp_path, oracle, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert report["J&F"] == report["J"] == report["F"] == 100.0
+    assert report["per_sequence"]["late"]["J&F"] == 100.0 and report["frames"] == 12
+    # 'late': object 2 is given on frame 2, alone; no other prompts
+    late = oracle.given[6:]
+    assert late[1] is None and late[3:] == [None] * 3
+    assert set(np.unique(late[0])) == {0, 1} and set(np.unique(late[2])) == {0, 2}
+    assert np.array_equal(read_mask(tmp_path / "out" / "late" / "00003.png"), gts["late"][3])
+
+
+def test_copying_the_first_mask_scores_what_the_metric_gives(tmp_path, monkeypatch):
+    gts = make_dataset(tmp_path / "data")
+    result, report = run_eval(tmp_path, CopyFirstSegmenter(), monkeypatch, "--sequences", "both")
+    assert result.exit_code == 0, result.output
+    both = gts["both"]
+    expected = summarize(evaluate_sequence([both[0]] * 6, both).values())
+    assert report["J"] == round(100 * expected["J-Mean"], 2)
+    assert report["F"] == round(100 * expected["F-Mean"], 2)
+    assert report["J&F"] == round(100 * expected["J&F"], 2) < 100
+    assert list(report["per_sequence"]) == ["both"]
+    assert {"J&F", "J", "F", "fps", "per_sequence", "method", "model", "resolution", "machine"} <= set(report)
+    assert {"cpu", "cores", "onnxruntime", "providers"} <= set(report["machine"])
+    assert set(report["per_sequence"]["both"]) >= {"J", "F", "J&F", "frames", "fps"}
+    assert "both" in result.output and "mean" in result.output
+
+
+@pytest.mark.parametrize("problem", ["split", "sequence", "annotation", "unknown"])
+def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, problem):
+    make_dataset(tmp_path / "data")
+    extra = []
+    if problem == "split":
+        (tmp_path / "data" / "ImageSets" / "val.txt").unlink()
+    elif problem == "sequence":
+        (tmp_path / "data" / "ImageSets" / "val.txt").write_text("both\nghost\n")
+    elif problem == "annotation":
+        (tmp_path / "data" / "Annotations" / "both" / "00003.png").unlink()
+    else:
+        extra = ["--sequences", "ghost"]
+    result, _ = run_eval(tmp_path, CopyFirstSegmenter(), monkeypatch, *extra)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert {"split": "val.txt", "sequence": "ghost", "annotation": "00003.png", "unknown": "ghost"}[problem] in result.output
+
+
+def test_prompts_give_each_object_once_without_void():
+    gt = [np.array([[1, 255]]), np.array([[1, 2]]), np.array([[3, 2]])]
+    masks = prompts(gt)
+    assert masks[0].tolist() == [[1, 0]] and masks[1].tolist() == [[0, 2]] and masks[2].tolist() == [[3, 0]]
+
+
+def test_ping_pong_plays_forward_then_backward():
+    assert bench.ping_pong(4, 2) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1]
+
+
+def test_bench_reports_per_method_and_length(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "data")
+    built = []
+    monkeypatch.setattr(cli, "make_segmenter", lambda *options: built.append(options) or CopyFirstSegmenter())
+    args = ["--data", tmp_path / "data", "--sequence", "both", "--methods", "every_k,first_latest",
+            "--lengths", "1,2", "--json", tmp_path / "b.json"]
+    result = CliRunner().invoke(bench.main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert [(r["method"], r["length"], r["frames"]) for r in report["results"]] == [
+        ("every_k", 1, 10), ("every_k", 2, 20), ("first_latest", 1, 10), ("first_latest", 2, 20)]
+    assert [options[1] for options in built] == ["every_k", "first_latest"]
+    first = report["results"][0]
+    assert set(first["latency_ms"]) == {"p50", "p90", "p99"} and first["fps"] > 0
+    assert first["peak_rss_bytes"] > 0 and 0 < first["jf"] < 100
+    assert "cpu" in report["machine"]
+
+
+# --- the real sdk.Segmenter on real DAVIS frames -----------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
+@pytest.mark.skipif(not (BUNDLED / "manifest.json").is_file(), reason="no bundled model in sdk/models/default yet")
+def test_real_eval_on_one_davis_sequence(tmp_path):
+    args = ["--data", DATA / "davis2016-240p", "--split", "val", "--sequences", "blackswan", "--providers", "cpu",
+            "--out", tmp_path / "out", "--json", tmp_path / "r.json"]
+    result = CliRunner().invoke(vos_eval.main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["J&F"] > 50 and report["machine"]["providers"] == ["CPUExecutionProvider"]
+    assert len(list((tmp_path / "out" / "blackswan").glob("*.png"))) == report["frames"]

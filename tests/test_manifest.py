@@ -1,0 +1,85 @@
+"""Manifest validation: the sdk refuses export folders that break the graph contract."""
+import json
+import shutil
+
+import pytest
+
+import sdk.manifest
+from sdk import Segmenter
+from sdk.errors import ManifestError
+from sdk.manifest import GRAPH_NAMES, load_manifest, resolve_model
+
+
+@pytest.fixture
+def export_copy(tiny_export, tmp_path):
+    """A private copy of the tiny export that a test may damage."""
+    return shutil.copytree(tiny_export, tmp_path / "copy")
+
+
+def edit_manifest(folder, **changes):
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_fields(tiny_export):
+    m = load_manifest(tiny_export)
+    assert (m.config, m.method, m.opset, m.stride) == ("lite", "every_k", 17, 16)
+    assert (m.key_channels, m.value_channels, m.max_objects, m.top_k, m.resolution) == (16, 32, 8, 20, 64)
+    assert m.skip_channels == {"f16": 112, "f8": 40, "f4": 24}
+    assert set(m.graphs) == set(GRAPH_NAMES) and all(p.is_file() for p in m.graphs.values())
+    assert m.policy_defaults == {"every_k": {"k": 5}, "first_latest": {}}
+    assert len(m.mean) == len(m.std) == 3
+
+
+def test_tampered_graph_is_refused(export_copy):
+    with open(export_copy / "decoder.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestError, match="decoder.*sha256"):
+        load_manifest(export_copy)
+
+
+def test_truncated_graph_is_refused(export_copy):
+    path = export_copy / "key_encoder.onnx"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ManifestError, match="key_encoder.*sha256"):
+        Segmenter(export_copy, providers="cpu")
+
+
+def test_missing_graph_is_refused(export_copy):
+    (export_copy / "readout.onnx").unlink()
+    with pytest.raises(ManifestError, match="readout.*missing"):
+        load_manifest(export_copy)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"manifest_version": 2}, "manifest_version 2 is not supported"),
+    ({"format": "something-else"}, "format is 'something-else'"),
+    ({"stride": None}, "malformed"),
+])
+def test_incompatible_manifest_is_refused(export_copy, changes, message):
+    edit_manifest(export_copy, **changes)
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(export_copy)
+
+
+def test_missing_field_and_bad_json(export_copy):
+    data = json.loads((export_copy / "manifest.json").read_text())
+    del data["normalisation"]
+    (export_copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="normalisation"):
+        load_manifest(export_copy)
+    (export_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="JSON"):
+        load_manifest(export_copy)
+
+
+def test_no_manifest_and_no_bundled_model(tmp_path, monkeypatch):
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        load_manifest(tmp_path)
+    monkeypatch.setattr(sdk.manifest, "DEFAULT_MODEL_DIR", tmp_path / "models" / "default")
+    with pytest.raises(ManifestError, match="vos-export --checkpoint"):
+        resolve_model(None)
+    with pytest.raises(ManifestError, match="no bundled default model"):
+        Segmenter()

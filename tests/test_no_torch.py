@@ -1,0 +1,37 @@
+"""The sdk runs in an app that ships no PyTorch and no onnx: import and segment with both blocked."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent("""
+    import sys
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "onnx"):
+                raise ImportError("blocked by test_no_torch: " + name)
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import numpy as np
+    import sdk
+    frame = np.zeros((96, 128, 3), np.uint8)
+    frame[30:60, 40:70] = 255
+    mask = np.zeros((96, 128), np.uint8)
+    mask[30:60, 40:70] = 1
+    seg = sdk.Segmenter(sys.argv[1], providers="cpu")
+    first, second = seg.step(frame, mask), seg.step(frame)
+    assert first.shape == second.shape == (96, 128), (first.shape, second.shape)
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx"))
+    assert not leaked, leaked
+    print("ok", seg.providers)
+""")
+
+
+def test_sdk_runs_without_torch_or_onnx(tiny_export):
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_export)], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")

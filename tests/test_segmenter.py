@@ -1,0 +1,188 @@
+"""Segmenter end to end on the tiny export (random weights: we check the machinery — shapes,
+labels, memory contents, bank reuse, object bookkeeping, errors — not segmentation quality)."""
+import logging
+
+import numpy as np
+import pytest
+
+from sdk import Segmenter
+from sdk.errors import InputError
+from sdk.ops import Geometry, one_hot, soft_aggregate
+from sdk.segmenter import STAGES
+
+
+@pytest.fixture
+def seg_factory(tiny_export):
+    return lambda **kw: Segmenter(tiny_export, providers="cpu", **kw)
+
+
+# -- ops ------------------------------------------------------------------------------------
+def test_geometry_resize_and_pad():
+    g = Geometry.for_frame(96, 128, 64, 16)
+    assert (g.resized_h, g.resized_w, g.padded_h, g.padded_w) == (64, 85, 64, 96)
+    assert g.feature_size == (4, 6)
+    frame = np.full((96, 128, 3), 255, np.uint8)
+    image = g.image(frame, np.full(3, 0.5, np.float32), np.full(3, 0.5, np.float32))
+    assert image.shape == (1, 3, 64, 96) and image.dtype == np.float32
+    assert np.allclose(image[..., :85], 1.0) and np.all(image[..., 85:] == 0)   # zero padding
+    native = Geometry.for_frame(50, 70, None, 16)
+    assert (native.padded_h, native.padded_w, native.resized) == (64, 80, False)
+    probs = np.random.default_rng(0).random((3, 64, 96), dtype=np.float32)
+    assert g.to_input(probs).shape == (3, 96, 128)
+    assert g.label_map(np.ones((96, 128), np.uint8)).sum() == 64 * 85
+
+
+def test_soft_aggregate():
+    p = np.array([[[0.9, 0.1, 0.0]], [[0.8, 0.0, 1.0]]], np.float32)     # [N=2,1,3]
+    agg = soft_aggregate(p)
+    assert agg.shape == (3, 1, 3)
+    np.testing.assert_allclose(agg.sum(0), 1, rtol=1e-6)
+    assert agg[:, 0, 1].argmax() == 0 and agg[:, 0, 2].argmax() == 2
+    assert agg[1, 0, 0] > agg[2, 0, 0] > agg[0, 0, 0]
+    assert one_hot(np.array([[0, 3, 7]], np.uint8), [3, 7]).tolist() == [[[0, 1, 0]], [[0, 0, 1]]]
+
+
+# -- policies through the Segmenter ------------------------------------------------------------
+def run(seg, frames, masks, given=(0,)):
+    outs, memory = [], []
+    for t, frame in enumerate(frames):
+        outs.append(seg.step(frame, masks[t] if t in given else None))
+        memory.append(seg.bank.memory_frames)
+    return outs, memory
+
+
+def test_every_k_clip(seg_factory, square_clip):
+    frames, masks = square_clip(11, label=3)
+    seg = seg_factory(method="every_k")
+    outs, memory = run(seg, frames, masks)
+    for out in outs:
+        assert out.shape == (96, 128) and out.dtype == np.uint8 and set(np.unique(out)) <= {0, 3}
+    assert np.array_equal(outs[0], masks[0])            # the given mask is the output
+    assert memory[:6] == [[0]] * 5 + [[0, 5]] and memory[10] == [0, 5, 10]
+    assert seg.objects == (3,) and seg.frame_index == 11
+    assert set(seg.timings) == {*STAGES, "total"} and seg.timings["readout"] > 0
+
+
+def test_every_k_cap_and_growth(seg_factory, square_clip):
+    frames, masks = square_clip(16)
+    capped = seg_factory(method="every_k", max_frames=3)
+    _, memory = run(capped, frames, masks)
+    assert memory[10] == [0, 5, 10] and memory[15] == [0, 10, 15] and capped.bank.capacity == 3
+    grown = seg_factory(method="every_k", k=1, initial_slots=2)
+    _, memory = run(grown, frames[:5], masks)
+    assert memory[-1] == [0, 1, 2, 3, 4] and grown.bank.capacity == 8
+
+
+def test_first_latest_reuses_the_same_arrays(seg_factory, square_clip):
+    frames, masks = square_clip(20)
+    seg = seg_factory(method="first_latest")
+    seg.step(frames[0], masks[0])
+    arrays = (seg.bank.keys, seg.bank.values, seg.bank.valid)
+    ids, nbytes = [id(a) for a in arrays], seg.bank_bytes
+    for t in range(1, 20):
+        seg.step(frames[t])
+        assert seg.bank.memory_frames == [0, t]
+        assert [id(a) for a in (seg.bank.keys, seg.bank.values, seg.bank.valid)] == ids
+        assert all(np.shares_memory(a, b) for a, b in zip(arrays, (seg.bank.keys, seg.bank.values, seg.bank.valid)))
+        assert seg.bank_bytes == nbytes
+    hw = 4 * 6                                          # 64x96 padded input at stride 16
+    assert nbytes == 4 * (16 * 2 * hw + 1 * 32 * 2 * hw + 2 * hw) + 8 * 2
+
+
+def test_objects_introduced_mid_video(seg_factory, square_clip):
+    frames, masks = square_clip(6, label=3)
+    seg = seg_factory(method="every_k")
+    seg.step(frames[0], masks[0])
+    seg.step(frames[1])
+    new = np.zeros((96, 128), np.uint8)
+    new[70:90, 100:120] = 7                             # a second object, non-contiguous label
+    out = seg.step(frames[2], new)
+    assert seg.objects == (3, 7)
+    assert np.all(out[new == 7] == 7) and set(np.unique(out)) <= {0, 3, 7}
+    assert seg.bank.memory_frames == [0, 2]             # a frame with a given mask is written
+    hw = seg.bank.hw
+    assert seg.bank.values.shape[0] == 2
+    assert np.all(seg.bank.values[1, :, :hw] == 0)      # object 7 has no value in frame 0
+    assert np.any(seg.bank.values[1, :, hw:2 * hw] != 0)
+    for t in range(3, 6):
+        assert set(np.unique(seg.step(frames[t]))) <= {0, 3, 7}
+    # re-stating a known object replaces its prediction on that frame
+    restate = np.zeros((96, 128), np.uint8)
+    restate[:10, :10] = 3
+    out = seg.step(frames[5], restate)
+    assert np.all(out[:10, :10] == 3) and seg.objects == (3, 7)
+
+
+def test_resolution_options(seg_factory, square_clip):
+    frames, masks = square_clip(2)
+    for resolution, padded in [("manifest", (64, 96)), (None, (96, 128)), (40, (48, 64))]:
+        seg = seg_factory(resolution=resolution)
+        outs, _ = run(seg, frames, masks)
+        assert outs[1].shape == (96, 128)
+        assert (seg._geometry.padded_h, seg._geometry.padded_w) == padded
+    seg = seg_factory(top_k=10_000)                     # clipped to the number of valid positions
+    run(seg, frames, masks)
+
+
+def test_reset_starts_a_new_video(seg_factory, square_clip):
+    frames, masks = square_clip(2)
+    seg = seg_factory()
+    run(seg, frames, masks)
+    seg.reset()
+    assert seg.objects == () and seg.bank_bytes == 0
+    with pytest.raises(InputError, match="first frame needs a mask"):
+        seg.step(frames[0])
+    small, small_masks = square_clip(2, 64, 80, label=2)
+    outs, _ = run(seg, small, small_masks)
+    assert outs[1].shape == (64, 80) and seg.objects == (2,)
+
+
+# -- errors and providers ---------------------------------------------------------------------
+def test_input_errors(seg_factory, square_clip):
+    frames, masks = square_clip(2)
+    seg = seg_factory()
+    with pytest.raises(InputError, match="first frame needs a mask"):
+        seg.step(frames[0])
+    with pytest.raises(InputError, match="empty"):
+        seg.step(frames[0], np.zeros((96, 128), np.uint8))
+    with pytest.raises(InputError, match="uint8"):
+        seg.step(frames[0].astype(np.float32), masks[0])
+    with pytest.raises(InputError, match=r"\[H,W,3\]"):
+        seg.step(frames[0][..., 0], masks[0])
+    with pytest.raises(InputError, match="frame's size"):
+        seg.step(frames[0], masks[0][:50])
+    with pytest.raises(InputError, match="integer label map"):
+        seg.step(frames[0], masks[0].astype(np.float32))
+    bad = masks[0].astype(np.int32)
+    bad[0, 0] = 9
+    with pytest.raises(InputError, match="label 9 exceeds .*max_objects = 8"):
+        seg.step(frames[0], bad)
+    bad[0, 0] = -1
+    with pytest.raises(InputError, match="negative label -1"):
+        seg.step(frames[0], bad)
+    seg.step(frames[0], masks[0].astype(np.int64))
+    with pytest.raises(InputError, match="size changed from 96x128 to 64x128"):
+        seg.step(frames[1][:64])
+    assert seg.step(frames[1], np.zeros((96, 128), np.uint8)).shape == (96, 128)   # empty later mask = none
+
+
+def test_constructor_errors(tiny_export):
+    with pytest.raises(InputError, match="every_k, first_latest"):
+        Segmenter(tiny_export, method="lfu", providers="cpu")
+    with pytest.raises(InputError, match="takes: k, max_frames"):
+        Segmenter(tiny_export, providers="cpu", sigma=0.8)
+    with pytest.raises(InputError, match="resolution"):
+        Segmenter(tiny_export, providers="cpu", resolution="480p")
+    with pytest.raises(InputError, match="execution provider"):
+        Segmenter(tiny_export, providers="tpu")
+
+
+def test_providers(tiny_export, caplog):
+    assert Segmenter(tiny_export, providers="cpu").providers == ["CPUExecutionProvider"]
+    with caplog.at_level(logging.WARNING, logger="vosedge"):
+        seg = Segmenter(tiny_export, providers=["cuda", "cpu"])
+    if "CUDAExecutionProvider" in seg.providers:
+        pytest.skip("CUDA works here: nothing to fall back from")
+    assert seg.providers == ["CPUExecutionProvider"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "vosedge"]
+    assert len(lines) == 1 and "CUDA execution provider unavailable" in lines[0] and "CPUExecutionProvider" in lines[0]

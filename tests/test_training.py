@@ -1,0 +1,115 @@
+"""Training side: ImageNet weights really load, the network's parts agree, vos-train runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.backbones import (EfficientNetLite0, lite0_state_dict_from_lukemelas,
+                                lite0_weights_path, load_lite0_imagenet)
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.losses import bootstrap_fraction, bootstrapped_bce
+from training.networks import affinity, build_network
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_lite0_imagenet_weights_are_loaded_tensor_for_tensor():
+    model = load_lite0_imagenet(EfficientNetLite0(16, classifier=True))
+    ref = lite0_state_dict_from_lukemelas(torch.load(lite0_weights_path(), weights_only=True))
+    own = model.state_dict()
+    assert set(own) <= set(ref)
+    for name, tensor in own.items():
+        assert torch.equal(tensor, ref[name]), name
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data (DAVIS frames) not present")
+def test_lite0_recognises_the_black_swan():
+    """ImageNet class 100 is 'black swan': only genuinely loaded weights find it."""
+    import cv2
+    img = cv2.imread(str(DATA / "davis2016-480p/JPEGImages/blackswan/00000.jpg"))[:, :, ::-1]
+    img = cv2.resize(img, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32)
+    x = torch.from_numpy((img - 127.5) / 128).permute(2, 0, 1)[None]
+    model = load_lite0_imagenet(EfficientNetLite0(16, classifier=True)).eval()
+    with torch.no_grad():
+        assert int(model.classify(x).argmax()) == 100
+
+
+def test_affinity_is_negative_squared_distance_up_to_a_per_query_constant():
+    g = torch.Generator().manual_seed(0)
+    mk, qk = torch.randn(1, 8, 5, generator=g), torch.randn(1, 8, 3, generator=g)
+    a = affinity(mk, qk)[0]
+    d = -((mk[0][:, :, None] - qk[0][:, None, :]) ** 2).sum(0) / np.sqrt(8)   # [M,Q]
+    diff = a - d
+    assert torch.allclose(diff, diff[:1].expand_as(diff), atol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["lite", "paper"])
+def test_network_shapes_and_readout_topk(config):
+    net = build_network(config, pretrained=False).eval()
+    cfg = net.config
+    img = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        key, f16, f8, f4 = net.encode_key(img)
+        assert key.shape == (1, cfg["key_channels"], 4, 6)
+        assert f16.shape[1] == cfg["skip_channels"]["f16"] and f8.shape[-2:] == (8, 12)
+        value = net.encode_value(img, f16, torch.rand(2, 2, 64, 96))
+        assert value.shape == (2, cfg["value_channels"], 4, 6)
+        m = 24
+        valid = torch.ones(m)
+        valid[20:] = 0
+        mem_keys = torch.randn(1, cfg["key_channels"], m)   # distinct keys: no ties in the top-k
+        readout, usage = net.readout(key, mem_keys, value.flatten(2), valid, torch.tensor(3))
+        assert readout.shape == value.shape
+        assert usage[20:].sum() == 0 and usage.sum() == 3 * 24
+        assert net.decode(readout, f16, f8, f4).shape == (2, 1, 64, 96)
+
+
+def test_bootstrapped_bce_keeps_the_hardest_pixels():
+    logits = torch.tensor([[4.0, -4.0, 0.0, 4.0]])
+    target = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    full = bootstrapped_bce(logits, target, 1.0)
+    hard = bootstrapped_bce(logits, target, 0.25)
+    assert hard > full
+    assert torch.isclose(hard, torch.nn.functional.softplus(torch.tensor(4.0)))
+    assert bootstrap_fraction(0, 10, 20) == 1.0 and bootstrap_fraction(15, 10, 20) == pytest.approx(0.575)
+    assert bootstrap_fraction(99, 10, 20) == 0.15
+
+
+def test_checkpoint_roundtrip_fp16(tmp_path):
+    net = build_network("lite", pretrained=False)
+    save_checkpoint(tmp_path / "m", net, {"iteration": 7}, half=True)
+    loaded, meta = load_checkpoint(tmp_path / "m.safetensors")
+    assert meta["state"]["iteration"] == 7 and meta["dtype"] == "float16"
+    for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-3), k
+    with pytest.raises(FileNotFoundError, match="missing.json|missing.safetensors"):
+        load_checkpoint(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data (DAVIS frames) not present")
+def test_vos_train_tiny_config_trains_and_resumes(tmp_path):
+    from click.testing import CliRunner
+    from training.cli import main
+
+    args = ["--config", "tiny", "--data", str(DATA / "davis2017-240p"), "--out", str(tmp_path)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    first = json.loads((tmp_path / "last.json").read_text())["state"]["iteration"]
+    assert first == 3
+    res = CliRunner().invoke(main, args + ["--iterations", "4"])
+    assert res.exit_code == 0, res.output
+    hist = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in hist] == [1, 2, 3, 4]
+    assert all(np.isfinite(h["loss"]) for h in hist)
+
+
+def test_vos_train_unknown_config_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+    from training.cli import main
+
+    res = CliRunner().invoke(main, ["--config", "nope", "--data", str(tmp_path), "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "training config 'nope' not found" in res.output
