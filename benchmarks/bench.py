@@ -41,8 +41,15 @@ def ping_pong(frames: int, length: int) -> list[int]:
     return unit * length
 
 
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+def _lengths(ctx, param, value: str) -> list[int]:
+    """Click callback: '1,5,10' -> [1, 5, 10], each ≥ 1."""
+    try:
+        lengths = [int(v) for v in cli.comma_list(ctx, param, value) or []]
+    except ValueError:
+        raise click.BadParameter("expected comma-separated integers") from None
+    if not lengths or min(lengths) < 1:
+        raise click.BadParameter("lengths must be ≥ 1")
+    return lengths
 
 
 def run(segmenter, frames: Sequence[np.ndarray], gt: Sequence[np.ndarray], order: list[int]) -> dict:
@@ -69,21 +76,14 @@ def run(segmenter, frames: Sequence[np.ndarray], gt: Sequence[np.ndarray], order
               help="DAVIS-layout root: JPEGImages/, Annotations/.")
 @click.option("--sequence", required=True, help="Sequence to play, e.g. cows.")
 @click.option("--methods", default="every_k,first_latest", show_default=True, metavar="A,B",
-              help="Memory policies to compare.")
-@click.option("--lengths", default="1", show_default=True, metavar="L1,L2",
+              callback=cli.comma_list, help="Memory policies to compare.")
+@click.option("--lengths", default="1", show_default=True, metavar="L1,L2", callback=_lengths,
               help="Video lengths in forward+backward units.")
 @click.option("--json", "json_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="Where the results go (JSON).")
 @cli.segmenter_options(method=False)
 def main(data, sequence, methods, lengths, json_path, model, resolution, providers):
     """Benchmark memory policies: fps, latency p50/p90/p99, bank bytes, peak RSS, J&F."""
-    try:
-        lengths = [int(v) for v in _split(lengths)]
-    except ValueError:
-        raise click.BadParameter("expected comma-separated integers", param_hint="--lengths") from None
-    if not lengths or min(lengths) < 1:
-        raise click.BadParameter("lengths must be ≥ 1", param_hint="--lengths")
-    methods = _split(methods)
     if not methods:
         raise click.BadParameter("name at least one memory policy", param_hint="--methods")
     with cli.user_errors():
@@ -95,7 +95,8 @@ def main(data, sequence, methods, lengths, json_path, model, resolution, provide
             segmenter = cli.make_segmenter(model, name, resolution, providers)
             for length in lengths:
                 segmenter.reset()
-                result = {"method": name, "length": length, **run(segmenter, frames, gt, ping_pong(len(frames), length))}
+                order = ping_pong(len(frames), length)
+                result = {"method": name, "length": length, **run(segmenter, frames, gt, order)}
                 results.append(result)
                 click.echo(f"{name:<14} L={length:<3} {result['frames']:6d} frames {result['fps']:7.2f} fps  "
                            f"p50 {result['latency_ms']['p50']:.1f} ms  bank {result['bank_bytes'] / 2**20:.1f} MiB  "

@@ -62,7 +62,8 @@ def _percent(summary: dict) -> dict:
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="ROOT",
               help="DAVIS-layout root: JPEGImages/, Annotations/, ImageSets/.")
 @click.option("--split", default="val", show_default=True, help="Split file ImageSets/<split>.txt.")
-@click.option("--sequences", metavar="A,B", help="Evaluate only these sequences of the split.")
+@click.option("--sequences", callback=cli.comma_list, metavar="A,B",
+              help="Evaluate only these sequences of the split.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Where the predicted palette PNGs go: DIR/<sequence>/<frame>.png.")
 @click.option("--json", "json_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -73,11 +74,10 @@ def main(data, split, sequences, out, json_path, model, method, resolution, prov
     with cli.user_errors():
         names = read_split(data, split)
         if sequences:
-            wanted = [s.strip() for s in sequences.split(",") if s.strip()]
-            unknown = sorted(set(wanted) - set(names))
+            unknown = sorted(set(sequences) - set(names))
             if unknown:
                 raise click.UsageError(f"not in split {split!r}: {', '.join(unknown)}")
-            names = wanted
+            names = sequences
         segmenter = cli.make_segmenter(model, method, resolution, providers)
         all_objects, per_sequence, total_frames, total_seconds = [], {}, 0, 0.0
         for sequence in names:

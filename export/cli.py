@@ -34,8 +34,9 @@ Examples:
               help="Checkpoint from vos-train: X.safetensors (weights) with X.json (network config) beside it.")
 @click.option("--method", default="every_k", show_default=True, callback=_method,
               help="Default memory policy recorded in the manifest (the sdk can still pick another): "
-                   "every_k (first frame + every 5th) or first_latest (first + previous frame). "
-                   "qdmn, lfu, qpm and rde arrive with issue 3.")
+                   "every_k (first frame + every 5th), first_latest (first + previous frame) or "
+                   "lfu (fixed feature budget, least-frequently-used eviction). qdmn, qpm and rde "
+                   "need QAM/SAM heads that arrive with issue 3.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Export folder to create (replaced if it already holds an export).")
 @click.option("--resolution", default="480", show_default=True, callback=_resolution, metavar="PX|native",

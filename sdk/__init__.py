@@ -9,12 +9,13 @@ Imports only numpy, onnxruntime, OpenCV and Pillow — never torch or onnx.
 """
 from .errors import InputError, ManifestError, VideoReadError, VosEdgeError
 from .manifest import Manifest, load_manifest
-from .policies import POLICIES, EveryK, FirstLatest, MemoryPolicy, make_policy
+from .policies import LFU, POLICIES, QDMN, QPM, RDE, EveryK, FirstLatest, MemoryPolicy, QualityGate, make_policy
 from .segmenter import Segmenter
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Segmenter", "Manifest", "load_manifest", "MemoryPolicy", "EveryK", "FirstLatest", "POLICIES",
-    "make_policy", "VosEdgeError", "ManifestError", "InputError", "VideoReadError", "__version__",
+    "Segmenter", "Manifest", "load_manifest", "MemoryPolicy", "EveryK", "FirstLatest", "QDMN", "LFU", "QPM",
+    "RDE", "QualityGate", "POLICIES", "make_policy", "VosEdgeError", "ManifestError", "InputError",
+    "VideoReadError", "__version__",
 ]

@@ -1,30 +1,41 @@
 """The memory bank: preallocated key/value arrays that the readout graph reads in place.
 
-It *holds* tensors; a :class:`~sdk.policies.MemoryPolicy` *decides* which slot a frame goes
-to (the split of Cutie's KVMemoryStore / MemoryManager). Memory is addressed in slots of one
-frame each; slot s covers memory positions [s·hw, (s+1)·hw) with hw = h·w the number of
-stride-16 feature positions of a frame.
+It *holds* tensors; a :class:`~sdk.policies.MemoryPolicy` *decides* where a frame goes (the
+split of Cutie's KVMemoryStore / MemoryManager). Memory is addressed in frame slots of hw = h·w
+stride-16 feature positions each (slot s covers positions [s·hw, (s+1)·hw)) or, for
+feature-level policies (LFU), position by position.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+from .policies import Write
+
+_MOVE_FLOATS = 1 << 20   # floats per block moved when a growable bank lengthens its rows (4 MiB temporaries)
 
 
 class MemoryBank:
-    """Keys, values and a validity mask over ``capacity`` frame slots.
+    """Keys, values, validity and per-position frame indices over ``capacity`` frame slots.
 
-    Arrays (float32, C-contiguous, allocated by :meth:`allocate` at the first frame):
+    Public arrays (C-contiguous views of buffers allocated by :meth:`allocate` at the first
+    frame), M = live slots × hw memory positions:
 
-    * ``keys``   [C_k, capacity·hw]     memory keys (STCN key encoder output, flattened)
-    * ``values`` [N, C_v, capacity·hw]  memory values, one row per object
-    * ``valid``  [capacity·hw]          1 where the position belongs to an occupied slot
-    * ``frames`` [capacity] int64       frame index held by each slot, −1 = empty
+    * ``keys``   [C_k, M]     float32  memory keys (key encoder output, flattened)
+    * ``values`` [N, C_v, M]  float32  memory values, one row per object
+    * ``valid``  [M]          float32  1 where the position holds a feature, 0 where empty
+    * ``origin`` [M]          int64    frame index each position was written at, −1 = empty
 
-    They are fed to the readout graph as they are (``keys[None]``, ``values``, ``valid``: views,
-    no per-frame concatenation); empty slots are masked by ``valid``. They are reallocated only
-    (a) when :meth:`add_objects` appends value rows for objects that appear mid-video (their
-    values in older memory frames are zero) and (b) when a growable bank (unbounded policies,
-    every-k) is asked to write past its capacity, which doubles it (amortised O(1) per write).
+    They are fed to the readout graph as they are (``keys[None]``, ``values``, ``valid``: no
+    per-frame copy or concatenation). A **bounded** bank is live over its whole capacity: the
+    arrays are the same objects for the whole video and empty slots are masked by ``valid``. A
+    **growable** bank (unbounded policies: every-k, QPM) is live over its written prefix only
+    (1 + the highest slot written), so the readout never computes over never-written slots; a
+    write past the prefix lengthens every row in place inside the buffer (one memmove of the
+    bank per new slot, no reallocation) and a write past the capacity doubles the buffers.
+    The buffers are reallocated otherwise only by :meth:`add_objects` (objects that appear
+    mid-video).
     """
 
     def __init__(self, key_channels: int, value_channels: int, growable: bool = False):
@@ -32,69 +43,149 @@ class MemoryBank:
         self.value_channels = value_channels
         self.growable = growable
         self.hw = 0
-        self.keys = np.zeros((key_channels, 0), np.float32)
-        self.values = np.zeros((0, value_channels, 0), np.float32)
-        self.valid = np.zeros(0, np.float32)
-        self.frames = np.zeros(0, np.int64)
+        self._k = np.zeros(0, np.float32)
+        self._v = np.zeros(0, np.float32)
+        self._valid = np.zeros(0, np.float32)
+        self._origin = np.zeros(0, np.int64)
+        self._objects = 0
+        self._live = 0
+        self._views()
 
     def allocate(self, capacity: int, hw: int, num_objects: int) -> None:
-        """Allocate zeroed arrays for ``capacity`` slots of ``hw`` positions and ``num_objects``."""
-        self.hw = hw
-        self.keys = np.zeros((self.key_channels, capacity * hw), np.float32)
-        self.values = np.zeros((num_objects, self.value_channels, capacity * hw), np.float32)
-        self.valid = np.zeros(capacity * hw, np.float32)
-        self.frames = np.full(capacity, -1, np.int64)
+        """Allocate empty buffers for ``capacity`` frame slots of ``hw`` positions and
+        ``num_objects`` objects; a bounded bank is then live over all of them, a growable one
+        over none."""
+        self.hw, self._objects = hw, num_objects
+        p = capacity * hw
+        self._k = np.zeros(self.key_channels * p, np.float32)
+        self._v = np.zeros(num_objects * self.value_channels * p, np.float32)
+        self._valid = np.zeros(p, np.float32)
+        self._origin = np.full(p, -1, np.int64)
+        self._live = 0 if self.growable else capacity
+        self._views()
+
+    def _views(self) -> None:
+        m = self._live * self.hw
+        self.keys = self._k[:self.key_channels * m].reshape(self.key_channels, m)
+        self._values_view()
+        self.valid = self._valid[:m]
+        self.origin = self._origin[:m]
+
+    def _values_view(self) -> None:
+        m = self._live * self.hw
+        self.values = self._v[:self._objects * self.value_channels * m].reshape(
+            self._objects, self.value_channels, m)
 
     @property
     def capacity(self) -> int:
-        """Number of frame slots currently allocated."""
-        return len(self.frames)
+        """Frame slots the buffers hold (live or not)."""
+        return len(self._origin) // self.hw if self.hw else 0
+
+    @property
+    def frames(self) -> np.ndarray:
+        """int64 [live slots] view: frame index written into each slot (its first position),
+        −1 = empty. The slot table frame-level policies decide from."""
+        return self.origin[::self.hw] if self.hw else self.origin
 
     @property
     def num_objects(self) -> int:
-        return self.values.shape[0]
+        return self._objects
 
     @property
     def num_valid(self) -> int:
-        """Number of occupied memory positions (valid slots × hw)."""
-        return int(np.count_nonzero(self.frames >= 0)) * self.hw
+        """Number of occupied memory positions."""
+        return int(np.count_nonzero(self.origin >= 0))
 
     @property
     def bank_bytes(self) -> int:
-        """Bytes held by the preallocated arrays (keys + values + valid + frames)."""
-        return self.keys.nbytes + self.values.nbytes + self.valid.nbytes + self.frames.nbytes
+        """Bytes held by the buffers (keys + values + valid + origin), live or not."""
+        return self._k.nbytes + self._v.nbytes + self._valid.nbytes + self._origin.nbytes
 
     @property
     def memory_frames(self) -> list[int]:
-        """Frame indices held in memory, ascending."""
-        return sorted(int(f) for f in self.frames if f >= 0)
+        """Frame indices with at least one feature in memory, ascending."""
+        return np.unique(self.origin[self.origin >= 0]).tolist()
+
+    def slot(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """Views (key [C_k, hw], value [N, C_v, hw]) of frame slot ``slot``."""
+        span = slice(slot * self.hw, (slot + 1) * self.hw)
+        return self.keys[:, span], self.values[:, :, span]
 
     def add_objects(self, count: int) -> None:
         """Append ``count`` object rows to ``values`` (zeros: no older frame holds them)."""
-        rows = np.zeros((count, self.value_channels, self.values.shape[2]), np.float32)
-        self.values = np.concatenate([self.values, rows])
+        old = self.values
+        self._objects += count
+        self._v = np.zeros(self._objects * self.value_channels * len(self._origin), np.float32)
+        self._values_view()
+        self.values[:len(old)] = old
 
-    def write(self, slot: int, key: np.ndarray, value: np.ndarray, frame: int) -> None:
-        """Write one frame into ``slot`` (overwriting it), growing a growable bank if needed.
+    def write(self, target: int | np.ndarray, key: np.ndarray, value: np.ndarray, frame: int) -> None:
+        """Write frame ``frame``'s features, overwriting what was there.
 
-        key [C_k, hw] float32, value [N, C_v, hw] float32 with N = :attr:`num_objects`.
-        Raises IndexError if ``slot`` is outside a bounded bank.
+        target: a frame slot (int; position i of the frame → position slot·hw + i) or int
+        positions [hw] (feature i → position ``target[i]``, distinct, < M). key [C_k, hw]
+        float32, value [N, C_v, hw] float32 with N = :attr:`num_objects`. A growable bank
+        extends its live prefix (and buffers) to reach a slot past it. Raises IndexError for a
+        slot outside a bounded bank or a position outside the live positions.
         """
-        if slot >= self.capacity:
-            if not self.growable:
-                raise IndexError(f"slot {slot} outside a bounded bank of {self.capacity} slots")
-            self._grow(max(2 * self.capacity, slot + 1))
-        span = slice(slot * self.hw, (slot + 1) * self.hw)
-        self.keys[:, span] = key
-        self.values[:, :, span] = value
-        self.valid[span] = 1
-        self.frames[slot] = frame
+        if isinstance(target, (int, np.integer)):
+            if target >= self._live:
+                if not self.growable:
+                    raise IndexError(f"slot {target} outside a bounded bank of {self.capacity} slots")
+                self._extend(int(target) + 1)
+            target = slice(target * self.hw, (target + 1) * self.hw)
+        elif len(target) and (target.min() < 0 or target.max() >= len(self.origin)):
+            raise IndexError(f"positions outside the bank's {len(self.origin)} live positions")
+        self.keys[:, target] = key
+        self.values[:, :, target] = value
+        self.valid[target] = 1
+        self.origin[target] = frame
 
-    def _grow(self, capacity: int) -> None:
-        used = self.keys.shape[1]
-        old = (self.keys, self.values, self.valid, self.frames)
-        self.allocate(capacity, self.hw, self.num_objects)
-        self.keys[:, :used] = old[0]
-        self.values[:, :, :used] = old[1]
-        self.valid[:used] = old[2]
-        self.frames[:len(old[3])] = old[3]
+    def apply(self, decision: int | np.ndarray | Write | None, key: np.ndarray, value: np.ndarray,
+              frame: int, sam: Callable | None = None) -> None:
+        """Carry out a policy's decision (:meth:`~sdk.policies.MemoryPolicy.on_frame`) for frame
+        ``frame`` with key [C_k, hw] and value [N, C_v, hw]: nothing (None), :meth:`write` (a
+        slot or positions), or a :class:`~sdk.policies.Write`: its fold first, slot ``dst`` ←
+        ``sam(key_src [C_k,hw], value_src [N,C_v,hw], key, value)`` → (key, value) of slot
+        ``src`` and the frame (RDE Eq. 4–6), then the frame into each of its slots."""
+        if decision is None:
+            return
+        if not isinstance(decision, Write):
+            self.write(decision, key, value, frame)
+            return
+        if decision.fold is not None:
+            src, dst = decision.fold
+            self.write(dst, *sam(*self.slot(src), key, value), frame)
+        for slot in decision.slots:
+            self.write(slot, key, value, frame)
+
+    def _extend(self, live: int) -> None:
+        """Make the first ``live`` slots live: rows of keys/values lengthen from old·hw to
+        live·hw positions (moved in place, or into doubled buffers when they do not fit)."""
+        old, new = self._live * self.hw, live * self.hw
+        rows_k, rows_v = self.key_channels, self._objects * self.value_channels
+        if live > self.capacity:
+            size = max(2 * self.capacity, live) * self.hw
+            grown = [np.zeros(rows_k * size, np.float32), np.zeros(rows_v * size, np.float32),
+                     np.zeros(size, np.float32), np.full(size, -1, np.int64)]
+            for buf, src, rows in zip(grown, (self._k, self._v), (rows_k, rows_v)):
+                buf[:rows * new].reshape(rows, new)[:, :old] = src[:rows * old].reshape(rows, old)
+            grown[2][:old], grown[3][:old] = self.valid, self.origin
+            self._k, self._v, self._valid, self._origin = grown
+        else:
+            _lengthen_rows(self._k, rows_k, old, new)
+            _lengthen_rows(self._v, rows_v, old, new)
+        self._live = live
+        self._views()
+
+
+def _lengthen_rows(flat: np.ndarray, rows: int, old: int, new: int) -> None:
+    """In place: ``rows`` rows of ``old`` floats packed at the start of ``flat`` become rows of
+    ``new`` ≥ old floats (new columns zeroed). Blocks move last row first, so a block's
+    destination (≥ start·new) never covers a source row still to move (< start·old)."""
+    dst = flat[:rows * new].reshape(rows, new)
+    block = max(1, _MOVE_FLOATS // max(old, 1))
+    for stop in range(rows, 0, -block):
+        start = max(0, stop - block)
+        dst[start:stop, :old] = flat[start * old:stop * old].reshape(stop - start, old)
+    dst[:, old:] = 0

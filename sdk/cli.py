@@ -37,8 +37,9 @@ def _parse_resolution(ctx, param, value: str | None):
     raise click.BadParameter("expected a positive integer or 'native'")
 
 
-def _parse_providers(ctx, param, value: str | None) -> list[str] | None:
-    return [p.strip() for p in value.split(",") if p.strip()] if value else None
+def comma_list(ctx, param, value: str | None) -> list[str] | None:
+    """Click callback: 'a, b,c' -> ['a', 'b', 'c']; absent -> None."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def segmenter_options(method: bool = True):
@@ -52,7 +53,7 @@ def segmenter_options(method: bool = True):
         click.option("--resolution", callback=_parse_resolution, metavar="PX|native",
                      help="Internal short side in px, or 'native' for the input size. "
                           "Default: the model's."),
-        click.option("--providers", callback=_parse_providers, metavar="LIST",
+        click.option("--providers", callback=comma_list, metavar="LIST",
                      help="Comma-separated ONNX Runtime providers in order of preference, "
                           "e.g. 'cpu' or 'cuda,cpu'. Default: CUDA if available, else CPU."),
     ]

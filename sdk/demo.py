@@ -37,7 +37,9 @@ def make_clip(
         cv2.ellipse(labels[t], centre, axes, 30 + 90 * s, 0, 360, 1, -1)
         cx, cy = int(width * (0.8 - 0.6 * s)), int(height * 0.65)
         labels[t, cy - half[1] : cy + half[1], cx - half[0] : cx + half[0]] = 2
-        # object textures travel with the objects
-        rgb[t] = np.where((labels[t] == 1)[..., None], np.roll(ellipse_texture, (centre[1] - height // 2, centre[0] - width // 2), (0, 1)), background)
-        rgb[t] = np.where((labels[t] == 2)[..., None], np.roll(rect_texture, (cy - height // 2, cx - width // 2), (0, 1)), rgb[t])
+        # the object textures travel with the objects (image centre -> object centre)
+        ellipse = np.roll(ellipse_texture, (centre[1] - height // 2, centre[0] - width // 2), (0, 1))
+        rect = np.roll(rect_texture, (cy - height // 2, cx - width // 2), (0, 1))
+        rgb[t] = np.where((labels[t] == 1)[..., None], ellipse, background)
+        rgb[t] = np.where((labels[t] == 2)[..., None], rect, rgb[t])
     return rgb, labels

@@ -16,6 +16,8 @@ FORMAT = "vosedge-export"
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 GRAPH_NAMES = ("key_encoder", "value_encoder", "readout", "decoder")
+# heads that only some memory policies need (QDMN/QPM: qam; RDE: sam_key, sam_value)
+OPTIONAL_GRAPHS = ("qam", "sam_key", "sam_value")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 
 
@@ -32,7 +34,8 @@ def sha256_file(path: str | Path) -> str:
 class Manifest:
     """A validated export folder.
 
-    ``graphs`` maps each graph name of :data:`GRAPH_NAMES` to its absolute file path;
+    ``graphs`` maps each graph name of :data:`GRAPH_NAMES`, and of :data:`OPTIONAL_GRAPHS`
+    the manifest lists, to its absolute file path;
     ``mean``/``std`` normalise an RGB image as ``(rgb_uint8 / 255 − mean) / std``;
     ``resolution`` is the default internal short side in px (None = native size);
     ``stride`` is the factor H and W must be multiples of; ``raw`` is the parsed JSON.
@@ -62,7 +65,7 @@ def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
 
     Raises :class:`~sdk.errors.ManifestError` if the folder or manifest is missing or not
     JSON, ``format`` is not ``"vosedge-export"``, ``manifest_version`` is not 1, a required
-    field or graph entry is missing, a graph file is missing, or (``verify_sha256``) a graph's
+    field or graph entry is missing, a listed graph file is missing, or (``verify_sha256``) a graph's
     sha256 differs from the manifest (tampered or truncated file).
     """
     root = Path(folder).expanduser().resolve()
@@ -82,7 +85,7 @@ def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
                             f"by this sdk (supports {MANIFEST_VERSION}); re-export with a matching vosedge")
     try:
         graphs = {}
-        for name in GRAPH_NAMES:
+        for name in GRAPH_NAMES + tuple(g for g in OPTIONAL_GRAPHS if g in raw["graphs"]):
             entry = raw["graphs"][name]
             file = root / entry["file"]
             if not file.is_file():

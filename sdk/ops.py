@@ -53,8 +53,9 @@ class Geometry:
             frame = cv2.resize(frame, (self.resized_w, self.resized_h),
                                interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         out = np.zeros((1, 3, self.padded_h, self.padded_w), np.float32)
-        chw = frame.transpose(2, 0, 1).astype(np.float32)
-        out[0, :, :self.resized_h, :self.resized_w] = (chw * (1 / 255) - mean[:, None, None]) / std[:, None, None]
+        view = out[0, :, :self.resized_h, :self.resized_w]
+        np.multiply(frame.transpose(2, 0, 1), (1 / (255 * std))[:, None, None], out=view)
+        view -= (mean / std)[:, None, None]
         return out
 
     def label_map(self, mask: np.ndarray) -> np.ndarray:
@@ -87,10 +88,24 @@ def soft_aggregate(prob: np.ndarray) -> np.ndarray:
     background: bg = Π(1 − p_i); each of [bg, p_1..p_N] is clamped to [1e-7, 1 − 1e-7] and the
     softmax of their logits log(p/(1−p)) is taken, i.e. odds normalised to sum 1.
     """
-    bg = np.prod(1 - prob, axis=0, keepdims=True)
-    p = np.clip(np.concatenate([bg, prob]), ODDS_CLAMP, 1 - ODDS_CLAMP)
-    odds = p / (1 - p)
-    return odds / odds.sum(0, keepdims=True)
+    out = np.empty((len(prob) + 1, *prob.shape[1:]), np.float32)
+    np.prod(1 - prob, axis=0, out=out[0])
+    out[1:] = prob
+    np.clip(out, ODDS_CLAMP, 1 - ODDS_CLAMP, out=out)
+    out /= 1 - out                                       # odds = exp(logit)
+    out /= out.sum(0, keepdims=True)
+    return out
+
+
+def channel_argmax(x: np.ndarray) -> np.ndarray:
+    """[C,H,W] (any strides) → uint8 [H,W] index of the largest channel, first on ties (as
+    ``np.argmax(x, 0)``, in C cheap passes instead of a strided reduction)."""
+    best = x[0].copy()
+    index = np.zeros(best.shape, np.uint8)
+    for c in range(1, len(x)):
+        index[x[c] > best] = c
+        np.maximum(best, x[c], out=best)
+    return index
 
 
 def one_hot(labels: np.ndarray, values: np.ndarray) -> np.ndarray:

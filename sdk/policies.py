@@ -1,27 +1,50 @@
 """Memory policies: what a frame's memory write does (DESIGN.md, "Memory policies").
 
 A policy *decides*; the :class:`~sdk.bank.MemoryBank` *holds* the tensors (Cutie's
-MemoryManager / KVMemoryStore split). Policies see only small arrays (the frame index of each
-slot, the readout usage), never the keys and values, so they are testable without ONNX.
+MemoryManager / KVMemoryStore split). Policies see only small arrays (the frame index held by
+each slot or position, QAM scores, readout usage), never keys and values, so they are testable
+without ONNX.
 
 Protocol, driven by :class:`~sdk.segmenter.Segmenter` for frame index t = 0, 1, …:
 
-1. ``capacity()`` slots are preallocated at the first frame; ``growable`` banks may double.
-2. After each readout, ``on_readout(t, usage)`` receives the top-k usage of every memory
-   position (LFU-style policies count it; the baselines ignore it).
-3. ``on_frame(t, frames, given)`` returns the slot the frame is written to (overwriting it;
-   ``== len(frames)`` asks a growable bank to grow) or None (not written). ``frames`` is the
-   bank's slot → frame index array (−1 = empty); ``given`` is True when the caller supplied a
-   mask for this frame. The first frame (t = 0) must be written: it holds the only ground truth.
+1. ``capacity()`` frame slots of hw positions are preallocated at the first frame; a
+   ``growable`` bank may grow (unbounded policies), any other never reallocates.
+2. ``prior(t)``: the frame (t − 1 or 0) whose mask is fed to a key encoder with a prior-mask
+   input (prior enhancement, QDMN Eq. 5 / QPM Eq. 4); called before frame t is encoded.
+3. After each readout, ``on_readout(t, usage)`` receives the top-k usage of every live memory
+   position (LFU counts it; the others ignore it).
+4. ``on_frame(t, table, given, scores)`` decides frame t's write. ``table`` is the bank's
+   :attr:`~sdk.bank.MemoryBank.frames` (slot → frame index, −1 = empty), or its per-position
+   :attr:`~sdk.bank.MemoryBank.origin` for ``per_feature`` policies; ``given`` is True when the
+   caller supplied a mask for this frame; ``scores`` float32 [N] are the QAM scores of frame t's
+   objects (predicted mask IoU, QDMN Eq. 1) when ``needs_score(t, given)`` (policies that
+   require ``"qam"``), else None. It returns None (no write), a slot (int; ``== len(table)``
+   asks a growable bank to grow), positions (int64 [hw]: feature i → position i, per-feature
+   policies) or a :class:`Write`. The first frame (t = 0) must be written: it holds the only
+   ground truth.
+
+``requires`` names the graphs a policy needs beyond the four core ones (docs/graph-contract.md):
+``"qam"`` (scores), ``"sam_key"``/``"sam_value"`` (RDE folds). ``top_k`` is the readout top-k
+the method prescribes (None: the manifest's).
 """
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Write:
+    """A compound write: first slot ``fold[1]`` ← SAM(slot ``fold[0]``, frame) (RDE Eq. 4–6)
+    when ``fold`` is set, then the frame into each of ``slots``."""
+
+    slots: tuple[int, ...] = ()
+    fold: tuple[int, int] | None = None
 
 
 class MemoryPolicy(ABC):
@@ -29,26 +52,61 @@ class MemoryPolicy(ABC):
 
     name = ""
     growable = False
+    per_feature = False
+    requires: tuple[str, ...] = ()
+    top_k: int | None = None
 
     @abstractmethod
     def capacity(self) -> int:
-        """Frame slots preallocated at the first frame."""
+        """Frame slots (of hw positions each) preallocated at the first frame."""
+
+    def prior(self, t: int) -> int:
+        """Frame whose mask is the prior of frame t: the previous one (QDMN Eq. 5)."""
+        return t - 1
 
     def on_readout(self, t: int, usage: np.ndarray) -> None:
-        """usage [capacity·hw] float32: query positions having each memory position in their top-k."""
+        """usage [M] float32: query positions having each live memory position in their top-k."""
+
+    def needs_score(self, t: int, given: bool) -> bool:
+        """Whether :meth:`on_frame` needs frame t's QAM scores."""
+        return "qam" in self.requires
 
     @abstractmethod
-    def on_frame(self, t: int, frames: np.ndarray, given: bool) -> int | None:
-        """Slot to write frame ``t`` into, or None to leave memory unchanged."""
+    def on_frame(self, t: int, table: np.ndarray, given: bool,
+                 scores: np.ndarray | None = None) -> int | np.ndarray | Write | None:
+        """Where frame ``t`` is written, or None to leave memory unchanged."""
+
+
+class Quality:
+    """Normalised frame quality S̄A_t = (1/N Σ_i S^A_{t,i}) / S̄A_1 (QDMN Eq. 3, QPM Eq. 2):
+    the mean QAM score of the frame's objects over the first frame's. The first frame (t = 0)
+    sets S̄A_1, from the objects it holds (objects that appear later do not change it).
+
+    S̄A_1 = 0 (QAM rates the annotation itself as worthless, so a ratio to it says nothing)
+    → scores are used unnormalised (S̄A_1 := 1) for the rest of the video.
+    Raises ValueError when ``scores`` is None (the export lacks the QAM head).
+    """
+
+    def __init__(self):
+        self.first = 1.0
+
+    def __call__(self, t: int, scores: np.ndarray | None) -> float:
+        if scores is None:
+            raise ValueError("this memory policy needs the frame's QAM scores [N]")
+        mean = float(np.mean(scores))
+        if t == 0:
+            self.first = mean if mean > 0 else 1.0
+        return mean / self.first
 
 
 class EveryK(MemoryPolicy):
     """STM/STCN baseline: write the first frame, every k-th frame (t mod k = 0) and every frame
     with a user-given mask.
 
-    Unbounded by default: the bank starts at ``initial_slots`` and doubles when full. With
-    ``max_frames`` the bank is preallocated at that many slots and, when full, the oldest slot
-    other than the first frame's (slot 0) is overwritten (FIFO).
+    Unbounded by default: the bank preallocates ``initial_slots`` and doubles when full; the
+    readout sees only the written slots (:class:`~sdk.bank.MemoryBank`), so a large start costs
+    memory, not compute. With ``max_frames`` the bank is preallocated at that many slots and,
+    when full, the oldest slot other than the first frame's (slot 0) is overwritten (FIFO).
     """
 
     name = "every_k"
@@ -60,21 +118,21 @@ class EveryK(MemoryPolicy):
             raise InputError(f"every_k: max_frames must be ≥ 2 (first frame + one more), got {max_frames}")
         self.k = int(k)
         self.max_frames = None if max_frames is None else int(max_frames)
-        self.initial_slots = int(initial_slots)
+        self.initial_slots = max(1, int(initial_slots))
         self.growable = self.max_frames is None
 
     def capacity(self) -> int:
         return self.initial_slots if self.max_frames is None else self.max_frames
 
-    def on_frame(self, t: int, frames: np.ndarray, given: bool) -> int | None:
+    def on_frame(self, t, table, given, scores=None):
         if not (given or t % self.k == 0):
             return None
-        empty = np.flatnonzero(frames < 0)
+        empty = np.flatnonzero(table < 0)
         if empty.size:
             return int(empty[0])
         if self.max_frames is None:
-            return len(frames)
-        return 1 + int(np.argmin(frames[1:]))
+            return len(table)
+        return 1 + int(np.argmin(table[1:]))
 
 
 class FirstLatest(MemoryPolicy):
@@ -85,25 +143,240 @@ class FirstLatest(MemoryPolicy):
     def capacity(self) -> int:
         return 2
 
-    def on_frame(self, t: int, frames: np.ndarray, given: bool) -> int | None:
+    def on_frame(self, t, table, given, scores=None):
         return 0 if t == 0 else 1
 
 
-POLICIES = {cls.name: cls for cls in (EveryK, FirstLatest)}
+class QDMN(MemoryPolicy):
+    """Quality-aware dynamic memory bank (QDMN, Liu et al. ECCV 2022, §3.2–3.3, Alg. 1).
+
+    A write is due when ``interval`` (N) frames have passed since the last write; a due frame
+    is admitted if its normalised score S̄A_t (Eq. 3, :class:`Quality`) ≥ ``sigma`` (σ, Alg. 1
+    line 4), else the write is deferred to the next frame, and so on. The memory holds the
+    annotated first frame (slot 0, never evicted) + at most ``beta`` (β) frames: Alg. 1 line 7
+    adds while len(Memory) ≤ β with the first frame in Memory (relative index j = 1), i.e.
+    "memory limit 20 + first" on DAVIS (YouTube-VOS: σ 0.75, β 10). When full, the frame with
+    the lowest reference score S^R_k = S̄A_k + S^C_k is replaced, S^C_k = exp(k − j) (Alg. 1
+    lines 10–18; Eq. 4) with k, j the *relative memory indices* (write order) of the memory
+    frame and of the incoming one, as Alg. 1 and the authors' code use them (not frame
+    indices: frames ≥ N apart would make S^C negligible); ties → the oldest. Frames with a
+    user-given mask are always written (they count as writes) and may be evicted later like any
+    other. QAM scores are needed only at t = 0, on due frames and on given frames
+    (:meth:`needs_score`); the prior mask (PE, Eq. 5) is the previous frame's.
+    """
+
+    name = "qdmn"
+    requires = ("qam",)
+
+    def __init__(self, interval: int = 5, sigma: float = 0.8, beta: int = 20):
+        if int(interval) < 1 or int(beta) < 1:
+            raise InputError(f"qdmn: interval and beta must be ≥ 1, got {interval}, {beta}")
+        self.interval, self.sigma, self.beta = int(interval), float(sigma), int(beta)
+        self.quality = Quality()
+        self._last = 0                                        # frame of the last write
+        self._j = 0                                           # relative index of the last write
+        self._score = np.zeros(self.beta + 1)                 # slot → S̄A_k
+        self._index = np.zeros(self.beta + 1, np.int64)       # slot → relative index k
+
+    def capacity(self) -> int:
+        return self.beta + 1
+
+    def needs_score(self, t, given):
+        return t == 0 or given or t - self._last >= self.interval
+
+    def on_frame(self, t, table, given, scores=None):
+        if not self.needs_score(t, given):
+            return None
+        score = self.quality(t, scores)
+        if t > 0 and not given and score < self.sigma:
+            return None
+        empty = np.flatnonzero(table < 0)
+        if t > 0:
+            self._j += 1
+        if empty.size:
+            slot = int(empty[0])
+        else:
+            reference = self._score[1:] + np.exp(self._index[1:] - self._j)
+            slot = 1 + int(np.lexsort((self._index[1:], reference))[0])
+        self._last, self._score[slot], self._index[slot] = t, score, self._j
+        return slot
+
+
+class LFU(MemoryPolicy):
+    """Least-frequently-used feature memory (Adaptive Memory Management thesis, ch. 3.3.4).
+
+    Every k-th frame (t mod k = 0), the first frame and frames with a user-given mask are
+    written, feature by feature, into a bank of ``capacity_frames`` frames' worth of positions
+    (default 2, Table 3). Each memory feature counts how often it is in a query feature's top-k
+    (``usage`` of each readout); LFU score = count / age, age = t − frame written = readouts it
+    took part in. To make room for a frame's hw features, empty positions are used first, then
+    the hw lowest-scoring features are removed (ties → the oldest, then the lowest position);
+    the new features start at count 0. One counter is shared by all objects (keys are
+    object-agnostic, §3.4); the first frame is not protected (the thesis keeps no feature).
+    """
+
+    name = "lfu"
+    per_feature = True
+
+    def __init__(self, k: int = 5, capacity_frames: int = 2):
+        if int(k) < 1 or int(capacity_frames) < 1:
+            raise InputError(f"lfu: k and capacity_frames must be ≥ 1, got {k}, {capacity_frames}")
+        self.k, self.capacity_frames = int(k), int(capacity_frames)
+        self.count: np.ndarray | None = None                  # position → times in a top-k
+
+    def capacity(self) -> int:
+        return self.capacity_frames
+
+    def _counts(self, positions: int) -> np.ndarray:
+        if self.count is None:
+            self.count = np.zeros(positions)
+        return self.count
+
+    def on_readout(self, t, usage):
+        self._counts(len(usage))[:] += usage
+
+    def on_frame(self, t, table, given, scores=None):
+        if not (given or t % self.k == 0):
+            return None
+        count = self._counts(len(table))
+        occupied = table >= 0
+        lfu = np.where(occupied, count / np.where(occupied, t - table, 1), -np.inf)
+        order = np.lexsort((np.arange(len(table)), table, lfu))
+        positions = np.sort(order[:len(table) // self.capacity_frames])
+        count[positions] = 0
+        return positions
+
+
+class QPM(MemoryPolicy):
+    """Quality-aware and selective prior memory (QPM, Liu et al. 2021, §2.2–2.3).
+
+    Memory = the first frame (slot 0) + the previous frame + every ``interval``-th frame
+    (t mod 5 = 0) whose normalised score (Eq. 2, :class:`Quality`) > ``sigma_m`` (σ_m = 0.7,
+    Eq. 3) + frames with a user-given mask. Every frame t > 0 goes to the "latest" slot; when it
+    is kept, that slot stays and the next frame's latest slot is a fresh one, so the previous
+    frame is never held twice. Prior mask of frame t (Eq. 4): frame t − 1's if its normalised
+    score > ``sigma_en`` (σ_en = 0.65), else the first frame's.
+
+    Unbounded as in the paper (the bank preallocates ``initial_slots`` and grows); with
+    ``max_frames`` it is bounded and the oldest kept frame other than the first gives its slot
+    to the next latest frame (FIFO).
+    """
+
+    name = "qpm"
+    requires = ("qam",)
+
+    def __init__(self, interval: int = 5, sigma_m: float = 0.7, sigma_en: float = 0.65,
+                 max_frames: int | None = None, initial_slots: int = 8):
+        if int(interval) < 1:
+            raise InputError(f"qpm: interval must be ≥ 1, got {interval}")
+        if max_frames is not None and int(max_frames) < 2:
+            raise InputError(f"qpm: max_frames must be ≥ 2 (first + previous frame), got {max_frames}")
+        self.interval, self.sigma_m, self.sigma_en = int(interval), float(sigma_m), float(sigma_en)
+        self.max_frames = None if max_frames is None else int(max_frames)
+        self.initial_slots = max(2, int(initial_slots))
+        self.growable = self.max_frames is None
+        self.quality = Quality()
+        self._latest = 1                                      # slot of the latest frame
+        self._previous = 1.0                                  # S̄A of frame t − 1
+
+    def capacity(self) -> int:
+        return self.initial_slots if self.max_frames is None else self.max_frames
+
+    def prior(self, t):
+        return t - 1 if self._previous > self.sigma_en else 0
+
+    def on_frame(self, t, table, given, scores=None):
+        self._previous = score = self.quality(t, scores)
+        if t == 0:
+            return 0
+        slot = self._latest
+        if given or (t % self.interval == 0 and score > self.sigma_m):
+            if self.growable:
+                self._latest = slot + 1
+            else:
+                kept = table[1:].copy()
+                kept[slot - 1] = t                            # the slot now holds frame t
+                self._latest = 1 + int(np.argmin(kept))       # an empty slot, else the oldest
+        return slot
+
+
+class RDE(MemoryPolicy):
+    """Recurrent dynamic embedding memory (RDE-VOS, Li et al. CVPR 2022, §3.3, Table 5).
+
+    Memory = [RDE, latest memory frame, first frame, first frame] (slots 0–3, "2F & L & RDE":
+    the first frame sampled twice). Every θ frames (``theta``; t mod θ = 0 on DAVIS with θ = 3;
+    YouTube-VOS θ = 4) and on frames with a user-given mask: RDE ← SAM(RDE, frame) (Eq. 4–6, the
+    frame being the new memory frame) and the latest slot ← the frame. Before the first update
+    the memory is [first, first] and the RDE starts as the first frame. Readout top-k 40 (§4.2).
+    """
+
+    name = "rde"
+    requires = ("sam_key", "sam_value")
+
+    def __init__(self, theta: int = 3, top_k: int = 40):
+        if int(theta) < 1 or int(top_k) < 1:
+            raise InputError(f"rde: theta and top_k must be ≥ 1, got {theta}, {top_k}")
+        self.theta, self.top_k = int(theta), int(top_k)
+
+    def capacity(self) -> int:
+        return 4
+
+    def on_frame(self, t, table, given, scores=None):
+        if t == 0:
+            return Write(slots=(2, 3))
+        if not (given or t % self.theta == 0):
+            return None
+        return Write(slots=(1,), fold=(0 if table[0] >= 0 else 2, 0))
+
+
+class QualityGate(MemoryPolicy):
+    """QAM as a plug-in (QDMN §5.2, Tables 3–4): wraps ``inner`` so that a frame t > 0 without
+    a user-given mask is offered to it only if its normalised score S̄A_t (:class:`Quality`) ≥
+    ``sigma``; frames below σ are not written and ``inner`` never sees them."""
+
+    def __init__(self, inner: MemoryPolicy, sigma: float):
+        self.inner, self.sigma = inner, float(sigma)
+        self.name, self.growable, self.per_feature, self.top_k = (
+            inner.name, inner.growable, inner.per_feature, inner.top_k)
+        self.requires = tuple(dict.fromkeys((*inner.requires, "qam")))
+        self.quality = Quality()
+
+    def capacity(self) -> int:
+        return self.inner.capacity()
+
+    def prior(self, t):
+        return self.inner.prior(t)
+
+    def on_readout(self, t, usage):
+        self.inner.on_readout(t, usage)
+
+    def needs_score(self, t, given):
+        return True
+
+    def on_frame(self, t, table, given, scores=None):
+        if self.quality(t, scores) < self.sigma and t > 0 and not given:
+            return None
+        return self.inner.on_frame(t, table, given, scores)
+
+
+POLICIES = {cls.name: cls for cls in (EveryK, FirstLatest, QDMN, LFU, QPM, RDE)}
 
 
 def make_policy(method: str, **params) -> MemoryPolicy:
-    """Instantiate the policy called ``method`` with ``params``.
+    """Instantiate the policy called ``method`` with ``params``; ``quality_gate=σ`` (any
+    policy) wraps it in a :class:`QualityGate`.
 
-    Raises :class:`~sdk.errors.InputError` for an unknown method (listing the known ones) or a
-    parameter the policy does not take (listing those it takes).
+    Raises :class:`~sdk.errors.InputError` for an unknown method (listing the known ones), a
+    parameter the policy does not take (listing those it takes) or an invalid value.
     """
     if method not in POLICIES:
         raise InputError(f"unknown memory policy {method!r}; known: {', '.join(POLICIES)}")
     cls = POLICIES[method]
-    accepted = [p for p in inspect.signature(cls).parameters]
+    accepted = [*inspect.signature(cls).parameters, "quality_gate"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise InputError(f"policy {method!r} takes no parameter {', '.join(unknown)}; "
-                         f"it takes: {', '.join(accepted) or 'none'}")
-    return cls(**params)
+                         f"it takes: {', '.join(accepted)}")
+    gate = params.pop("quality_gate", None)
+    policy = cls(**params)
+    return policy if gate is None else QualityGate(policy, gate)

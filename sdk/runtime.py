@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions of the four exported graphs, with execution-provider selection."""
+"""ONNX Runtime sessions of the exported graphs, with execution-provider selection."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import onnxruntime as ort
 
-from .errors import InputError
+from .errors import InputError, ManifestError
 from .manifest import GRAPH_NAMES, Manifest
 
 log = logging.getLogger("vosedge")
@@ -20,14 +20,14 @@ _ORT_DEFAULT_SEVERITY = 2  # onnxruntime's own default (warning)
 def resolve_providers(providers=None) -> list:
     """Execution providers to request, in preference order.
 
-    ``None`` → CUDA then CPU; otherwise a name or list of names, full
+    ``None`` → CUDA then CPU; otherwise a name or a sequence whose items are names, full
     (``"CUDAExecutionProvider"``) or short (``"cuda"``, ``"cpu"``, ``"tensorrt"``), or
-    ``(name, options)`` tuples as onnxruntime accepts. CPU is always appended as the last
+    ``(name, options dict)`` tuples as onnxruntime accepts. CPU is always appended as the last
     fallback. Raises :class:`~sdk.errors.InputError` for a name onnxruntime does not know.
     """
     if providers is None:
         providers = [CUDA]
-    elif isinstance(providers, (str, tuple)):
+    elif isinstance(providers, str):
         providers = [providers]
     known = set(ort.get_all_providers())
     out = []
@@ -37,9 +37,14 @@ def resolve_providers(providers=None) -> list:
         if name not in known:
             raise InputError(f"unknown execution provider {name!r}; use 'cuda', 'cpu' or one of {sorted(known)}")
         out.append(name if opts is None else (name, opts))
-    if CPU not in [p[0] if isinstance(p, tuple) else p for p in out]:
+    if CPU not in map(_name, out):
         out.append(CPU)
     return out
+
+
+def _name(provider) -> str:
+    """Provider name of ``"Name"`` or ``("Name", options)``."""
+    return provider[0] if isinstance(provider, tuple) else provider
 
 
 @contextlib.contextmanager
@@ -54,34 +59,43 @@ def _quiet_ort():
 
 
 class Graphs:
-    """One ``onnxruntime.InferenceSession`` per graph of the manifest.
+    """One ``onnxruntime.InferenceSession`` per graph in ``names`` (default: the four core
+    graphs; optional heads such as ``"qam"`` must be in ``manifest.graphs``).
 
     ``providers`` as :func:`resolve_providers`. Requested providers that cannot start (e.g.
     CUDA listed by onnxruntime-gpu on a machine without a GPU or CUDA libraries) are dropped
     with ONE ``logging`` warning on logger ``"vosedge"``; :attr:`providers` lists those used.
+    Raises :class:`~sdk.errors.ManifestError` if onnxruntime cannot load a graph.
     """
 
-    def __init__(self, manifest: Manifest, providers=None):
+    def __init__(self, manifest: Manifest, providers=None, names: tuple[str, ...] = GRAPH_NAMES):
         requested = resolve_providers(providers)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.sessions = {}
-        for name in GRAPH_NAMES:
-            with _quiet_ort():
-                session = ort.InferenceSession(str(manifest.graphs[name]), options, providers=requested)
+        for name in names:
+            try:
+                with _quiet_ort():
+                    session = ort.InferenceSession(str(manifest.graphs[name]), options, providers=requested)
+            except Exception as exc:  # onnxruntime's Fail/InvalidGraph/… derive from Exception only
+                raise ManifestError(f"onnxruntime {ort.__version__} cannot load graph {name!r} "
+                                    f"({manifest.graphs[name]}): {exc}") from exc
             if not self.sessions:   # first graph: keep only the providers that actually started
                 used = session.get_providers()
-                missing = [p[0] if isinstance(p, tuple) else p for p in requested]
-                missing = [p for p in missing if p not in used]
+                missing = [_name(p) for p in requested if _name(p) not in used]
                 if missing:
                     why = ("not in this onnxruntime build" if missing[0] not in ort.get_available_providers()
                            else "its libraries or a GPU could not be loaded")
                     log.warning("%s execution provider unavailable (%s); running on %s",
                                 "/".join(p.removesuffix("ExecutionProvider") for p in missing), why,
                                 ", ".join(used))
-                    requested = [p for p in requested if (p[0] if isinstance(p, tuple) else p) in used]
+                    requested = [p for p in requested if _name(p) in used]
             self.sessions[name] = session
-        self.providers = self.sessions[GRAPH_NAMES[0]].get_providers()
+        self.providers = self.sessions[names[0]].get_providers()
+
+    def input_names(self, name: str) -> list[str]:
+        """Input names of graph ``name``, in order."""
+        return [i.name for i in self.sessions[name].get_inputs()]
 
     def run(self, name: str, feeds: dict) -> list[np.ndarray]:
         """Run graph ``name`` on ``feeds`` (input name → array); returns its outputs in order."""

@@ -7,13 +7,18 @@ from time import perf_counter
 import numpy as np
 
 from .bank import MemoryBank
-from .errors import InputError
-from .manifest import Manifest, resolve_model
-from .ops import Geometry, one_hot, sigmoid, soft_aggregate
-from .policies import MemoryPolicy, make_policy
+from .errors import InputError, ManifestError
+from .manifest import GRAPH_NAMES, Manifest, resolve_model
+from .ops import Geometry, channel_argmax, one_hot, sigmoid, soft_aggregate
+from .policies import MemoryPolicy, Write, make_policy
 from .runtime import Graphs
 
-STAGES = ("preprocess", "key_encoder", "readout", "decoder", "postprocess", "value_encoder", "bookkeeping")
+# Segmenter.timings keys (ms). preprocess: checks, resize, normalise, pad; postprocess: mask merge,
+# soft aggregation, crop, resize, argmax; qam: the QAM score graph; sam: the SAM graphs + RDE
+# write; bookkeeping: the rest of the sdk's work (sigmoid, objects, prior, policy, value-encoder
+# masks, bank write).
+STAGES = ("preprocess", "key_encoder", "readout", "decoder", "postprocess", "value_encoder", "qam", "sam",
+          "bookkeeping")
 
 
 class Segmenter:
@@ -24,23 +29,33 @@ class Segmenter:
     Args:
         model: export folder (``manifest.json`` + graphs); None = the bundled default export
             ``sdk/models/default`` (raises :class:`~sdk.errors.ManifestError` if missing).
-        method: memory policy (``"every_k"``, ``"first_latest"``); None = the manifest's
-            ``method``. Unknown → :class:`~sdk.errors.InputError` listing the known ones.
+        method: memory policy (:data:`~sdk.policies.POLICIES`: ``"every_k"``,
+            ``"first_latest"``, ``"qdmn"``, ``"lfu"``, ``"qpm"``, ``"rde"``); None = the
+            manifest's ``method``. Unknown → :class:`~sdk.errors.InputError` listing the known
+            ones. A policy whose graphs (``policy.requires``: ``qam``, ``sam_key``,
+            ``sam_value``) the export lacks → :class:`~sdk.errors.ManifestError` naming them.
         providers: onnxruntime execution providers; None = CUDA if it starts, else CPU (one
             ``logging`` warning on logger ``"vosedge"`` when CUDA is dropped). Short names
             ``"cuda"``, ``"cpu"`` accepted.
         resolution: internal short side in px: ``"manifest"`` = the manifest's, an int, or None
             = native frame size. Frames are resized (aspect kept), then zero-padded
             bottom/right to multiples of the manifest ``stride``; outputs are at input size.
-        top_k: top-k of the readout softmax; None = the manifest's ``top_k``.
+        top_k: top-k of the readout softmax; None = the policy's (RDE: 40), else the
+            manifest's ``top_k``.
         **policy_params: override the manifest's ``policy_defaults[method]``, e.g. ``k=5``,
-            ``max_frames=20`` for every_k.
+            ``max_frames=20`` for every_k; ``quality_gate=σ`` (any policy) writes only frames
+            whose normalised QAM score is ≥ σ.
 
     Per frame (:meth:`step`): key encoder → readout over the memory bank → decoder →
     sigmoid → soft aggregation (STM/STCN) → crop padding, bilinear resize to input size →
     argmax. When the policy writes the frame, the value encoder encodes (image, f16,
     masks [N,2,H,W] = (own probability, sum of the other objects' probabilities)) and the
-    bank stores key and value in the slot the policy chose.
+    bank stores key and value where the policy chose (a slot, feature positions, or an RDE
+    fold through the ``sam_key``/``sam_value`` graphs). Policies that need QAM scores get
+    ``qam(value)`` → score [N] of the frame's prediction. A key encoder with a ``prior`` input
+    [1,1,H,W] gets the prior mask (QDMN Eq. 5, QPM Eq. 4): the foreground probability (max over
+    objects) of the frame ``policy.prior(t)`` picks (t − 1 or 0); the first frame gets its own
+    annotation.
     """
 
     def __init__(self, model: str | Path | None = None, method: str | None = None, providers=None,
@@ -49,17 +64,23 @@ class Segmenter:
         m = self.manifest
         self.method = method or m.method
         self._policy_params = {**m.policy_defaults.get(self.method, {}), **policy_params}
-        make_policy(self.method, **self._policy_params)          # fail early on a bad method/param
+        policy = make_policy(self.method, **self._policy_params)  # fail early on a bad method/param
+        missing = [name for name in policy.requires if name not in m.graphs]
+        if missing:
+            raise ManifestError(f"memory policy {self.method!r} needs graph(s) {', '.join(missing)}, which "
+                                f"the export {m.root} lacks: use a model exported with those heads "
+                                f"(vos-export --method {self.method})")
         if resolution == "manifest":
             resolution = m.resolution
         if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
                                        or resolution < 1):
             raise InputError(f"resolution must be 'manifest', a positive int short side or None, got {resolution!r}")
         self.resolution = resolution
-        self.top_k = m.top_k if top_k is None else int(top_k)
+        self.top_k = (policy.top_k or m.top_k) if top_k is None else int(top_k)
         if self.top_k < 1:
             raise InputError(f"top_k must be ≥ 1, got {top_k}")
-        self._graphs = Graphs(m, providers)
+        self._graphs = Graphs(m, providers, GRAPH_NAMES + policy.requires)
+        self._prior_input = "prior" in self._graphs.input_names("key_encoder")
         self._mean = np.asarray(m.mean, np.float32)
         self._std = np.asarray(m.std, np.float32)
         self.timings: dict[str, float] = {}
@@ -74,6 +95,7 @@ class Segmenter:
         self._labels: list[int] = []                 # object index → label value
         self._lut = np.zeros(1, np.uint8)            # argmax channel → label value
         self._geometry: Geometry | None = None
+        self._first_prior = self._prev_prior = None  # [1,1,Hp,Wp] float32 (key encoder with prior input)
         self._t = 0
 
     @property
@@ -90,6 +112,11 @@ class Segmenter:
     def bank_bytes(self) -> int:
         """Bytes of the memory bank's preallocated arrays (0 before the first frame)."""
         return self.bank.bank_bytes
+
+    @property
+    def geometry(self) -> Geometry | None:
+        """Input → resized → padded sizes of the current video (None before its first frame)."""
+        return self._geometry
 
     @property
     def frame_index(self) -> int:
@@ -128,10 +155,14 @@ class Segmenter:
                                                 self.manifest.stride)
         geo, t = self._geometry, self._t
         image = geo.image(frame, self._mean, self._std)
+        given_map = None if mask is None else geo.label_map(mask)
         t1 = perf_counter()
         ms["preprocess"] = (t1 - t0) * 1e3
 
-        key, f16, f8, f4 = self._graphs.run("key_encoder", {"image": image})
+        feeds = {"image": image}
+        if self._prior_input:
+            feeds["prior"] = self._prior(t, given_map)
+        key, f16, f8, f4 = self._graphs.run("key_encoder", feeds)
         t2 = perf_counter()
         ms["key_encoder"] = (t2 - t1) * 1e3
 
@@ -153,7 +184,6 @@ class Segmenter:
         t4 = perf_counter()
 
         if mask is not None:
-            given_map = geo.label_map(mask)
             probs = np.zeros((len(self._labels), geo.padded_h, geo.padded_w), np.float32)
             if prob is not None:
                 probs[:len(prob)] = prob
@@ -164,23 +194,31 @@ class Segmenter:
         agg = soft_aggregate(probs)                                   # [N+1,Hp,Wp]
         full = geo.to_input(agg)                                      # [N+1,H,W]
         if mask is None:
-            out = self._lut[full.argmax(0)]
+            out = self._lut[channel_argmax(full)]
         else:
-            others = full.copy()
-            others[[i + 1 for i in given_idx]] = -1                   # given objects: exactly the mask
-            out = np.where(mask > 0, mask, self._lut[others.argmax(0)])
+            rest = [c for c in range(len(full)) if c - 1 not in given_idx]   # bg + objects not given
+            out = np.where(mask > 0, mask, self._lut[rest][channel_argmax(full[rest])])
         t5 = perf_counter()
         ms["postprocess"] = (t5 - t4) * 1e3
 
-        slot = self.policy.on_frame(t, self.bank.frames, mask is not None)
-        if slot is not None:
-            own = agg[1:]
-            masks = np.stack([own, own.sum(0, keepdims=True) - own], 1)   # [N,2,Hp,Wp]
+        if self._prior_input:
+            self._prev_prior = agg[1:].max(0)[None, None]
+        value = scores = None
+        if "qam" in self.policy.requires and self.policy.needs_score(t, mask is not None):
+            value = self._encode_value(image, f16, agg, ms)
             t6 = perf_counter()
-            (value,) = self._graphs.run("value_encoder", {"image": image, "f16": f16, "masks": masks})
+            (scores,) = self._graphs.run("qam", {"value": value})
+            ms["qam"] = (perf_counter() - t6) * 1e3
+        table = self.bank.origin if self.policy.per_feature else self.bank.frames
+        decision = self.policy.on_frame(t, table, mask is not None, scores)
+        if decision is not None:
+            if value is None:
+                value = self._encode_value(image, f16, agg, ms)
             t7 = perf_counter()
-            ms["value_encoder"] = (t7 - t6) * 1e3
-            self.bank.write(slot, key.reshape(key.shape[1], -1), value.reshape(*value.shape[:2], -1), t)
+            self.bank.apply(decision, key.reshape(key.shape[1], -1), value.reshape(*value.shape[:2], -1), t,
+                            self._sam)
+            if isinstance(decision, Write) and decision.fold is not None:
+                ms["sam"] = (perf_counter() - t7) * 1e3
         self._t += 1
         total = (perf_counter() - t0) * 1e3
         ms["bookkeeping"] = max(0.0, total - sum(ms.values()))
@@ -188,9 +226,38 @@ class Segmenter:
         self.timings = ms
         return out
 
+    def _prior(self, t: int, given_map: np.ndarray | None) -> np.ndarray:
+        """Prior mask [1,1,Hp,Wp] float32 of frame t: the first frame's annotation (foreground
+        of its label map) at t = 0, then that of the frame ``policy.prior(t)`` picks."""
+        if t == 0:
+            self._first_prior = (given_map > 0).astype(np.float32)[None, None]
+            return self._first_prior
+        return self._first_prior if self.policy.prior(t) == 0 else self._prev_prior
+
+    def _encode_value(self, image, f16, agg, ms) -> np.ndarray:
+        """Value encoder on the soft-aggregated prediction agg [N+1,Hp,Wp] → value [N,C_v,h,w]."""
+        own = agg[1:]
+        masks = np.stack([own, own.sum(0, keepdims=True) - own], 1)   # [N,2,Hp,Wp]
+        t0 = perf_counter()
+        (value,) = self._graphs.run("value_encoder", {"image": image, "f16": f16, "masks": masks})
+        ms["value_encoder"] = (perf_counter() - t0) * 1e3
+        return value
+
+    def _sam(self, key_rde, value_rde, key, value) -> tuple[np.ndarray, np.ndarray]:
+        """SAM (RDE-VOS Eq. 4–6): (previous RDE key [C_k,hw], value [N,C_v,hw], new memory
+        frame's key, value) → new RDE (key [C_k,hw], value [N,C_v,hw]) via ``sam_key`` and
+        ``sam_value``."""
+        h, w = self._geometry.feature_size
+        n = len(value)
+        (new_key,) = self._graphs.run("sam_key", {"previous": key_rde.reshape(1, -1, h, w),
+                                                  "new": key.reshape(1, -1, h, w)})
+        (new_value,) = self._graphs.run("sam_value", {"previous": value_rde.reshape(n, -1, h, w),
+                                                      "new": value.reshape(n, -1, h, w)})
+        return new_key.reshape(new_key.shape[1], -1), new_value.reshape(*new_value.shape[:2], -1)
+
     def _predict(self, t, key, f16, f8, f4, ms) -> np.ndarray:
-        """Readout over the whole bank (RDE-VOS Eq. 2–3) + decoder → per-object foreground
-        probability [N_mem,Hp,Wp] float32 for the N_mem objects the bank holds."""
+        """Readout over the bank's live positions (RDE-VOS Eq. 2–3) + decoder → per-object
+        foreground probability [N_mem,Hp,Wp] float32 for the N_mem objects the bank holds."""
         t0 = perf_counter()
         bank = self.bank
         readout, usage = self._graphs.run("readout", {

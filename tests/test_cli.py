@@ -116,7 +116,8 @@ def test_model_errors_are_one_line(monkeypatch, clip, tmp_path):
     monkeypatch.setattr(cli, "make_segmenter", broken)
     frames, mask, _ = clip
     result = invoke("--frames", frames, "--mask", mask, "--out", tmp_path / "out")
-    assert result.exit_code == 1 and result.output == "Error: graph key_encoder.onnx: sha256 differs from the manifest\n"
+    assert result.exit_code == 1
+    assert result.output == "Error: graph key_encoder.onnx: sha256 differs from the manifest\n"
 
 
 @pytest.mark.parametrize("args", [[], ["--demo", "--frames", "x"], ["--resolution", "big", "--demo"]])

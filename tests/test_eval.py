@@ -42,7 +42,8 @@ def make_dataset(root: Path, layout: str = "") -> dict[str, list[np.ndarray]]:
 
 def run_eval(tmp_path, segmenter, monkeypatch, *extra):
     monkeypatch.setattr(cli, "make_segmenter", lambda *options: segmenter)
-    args = ["--data", tmp_path / "data", "--split", "val", "--out", tmp_path / "out", "--json", tmp_path / "r.json", *extra]
+    args = ["--data", tmp_path / "data", "--split", "val", "--out", tmp_path / "out",
+            "--json", tmp_path / "r.json", *extra]
     result = CliRunner().invoke(vos_eval.main, [str(a) for a in args])
     report = json.loads((tmp_path / "r.json").read_text()) if result.exit_code == 0 else None
     return result, report
@@ -93,7 +94,8 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, problem):
         extra = ["--sequences", "ghost"]
     result, _ = run_eval(tmp_path, CopyFirstSegmenter(), monkeypatch, *extra)
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert {"split": "val.txt", "sequence": "ghost", "annotation": "00003.png", "unknown": "ghost"}[problem] in result.output
+    expected = {"split": "val.txt", "sequence": "ghost", "annotation": "00003.png", "unknown": "ghost"}
+    assert expected[problem] in result.output
 
 
 def test_prompts_give_each_object_once_without_void():
@@ -131,8 +133,8 @@ def test_bench_reports_per_method_and_length(tmp_path, monkeypatch):
 @pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
 @pytest.mark.skipif(not (BUNDLED / "manifest.json").is_file(), reason="no bundled model in sdk/models/default yet")
 def test_real_eval_on_one_davis_sequence(tmp_path):
-    args = ["--data", DATA / "davis2016-240p", "--split", "val", "--sequences", "blackswan", "--providers", "cpu",
-            "--out", tmp_path / "out", "--json", tmp_path / "r.json"]
+    args = ["--data", DATA / "davis2016-240p", "--split", "val", "--sequences", "blackswan",
+            "--providers", "cpu", "--out", tmp_path / "out", "--json", tmp_path / "r.json"]
     result = CliRunner().invoke(vos_eval.main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 import sdk.manifest
 from sdk import Segmenter
 from sdk.errors import ManifestError
-from sdk.manifest import GRAPH_NAMES, load_manifest, resolve_model
+from sdk.manifest import GRAPH_NAMES, load_manifest, resolve_model, sha256_file
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_fields(tiny_export):
     assert (m.key_channels, m.value_channels, m.max_objects, m.top_k, m.resolution) == (16, 32, 8, 20, 64)
     assert m.skip_channels == {"f16": 112, "f8": 40, "f4": 24}
     assert set(m.graphs) == set(GRAPH_NAMES) and all(p.is_file() for p in m.graphs.values())
-    assert m.policy_defaults == {"every_k": {"k": 5}, "first_latest": {}}
+    assert m.policy_defaults == {"every_k": {"k": 5}, "first_latest": {}, "lfu": {"k": 5, "capacity_frames": 2}}
     assert len(m.mean) == len(m.std) == 3
 
 
@@ -83,3 +83,12 @@ def test_no_manifest_and_no_bundled_model(tmp_path, monkeypatch):
         resolve_model(None)
     with pytest.raises(ManifestError, match="no bundled default model"):
         Segmenter()
+
+
+def test_unloadable_graph_is_refused(export_copy):
+    (export_copy / "decoder.onnx").write_bytes(b"not an onnx graph")
+    data = json.loads((export_copy / "manifest.json").read_text())
+    data["graphs"]["decoder"]["sha256"] = sha256_file(export_copy / "decoder.onnx")
+    (export_copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="cannot load graph 'decoder'"):
+        Segmenter(export_copy, providers="cpu")

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from sdk.bank import MemoryBank
 from sdk.errors import InputError
-from sdk.policies import POLICIES, EveryK, FirstLatest, MemoryPolicy, make_policy
+from sdk.policies import POLICIES, EveryK, FirstLatest, MemoryPolicy, QualityGate, make_policy
 
 
 def simulate(policy: MemoryPolicy, n: int, given_at=()):
@@ -77,15 +77,18 @@ def test_make_policy_defaults_and_params():
     assert isinstance(make_policy("every_k"), EveryK) and make_policy("every_k").k == 5
     assert make_policy("every_k", k=3, max_frames=4).capacity() == 4
     assert isinstance(make_policy("first_latest"), FirstLatest)
-    assert set(POLICIES) == {"every_k", "first_latest"}
+    assert set(POLICIES) == {"every_k", "first_latest", "qdmn", "lfu", "qpm", "rde"}
+    gated = make_policy("every_k", k=3, quality_gate=0.8)
+    assert isinstance(gated, QualityGate) and gated.inner.k == 3 and gated.sigma == 0.8
+    assert gated.name == "every_k" and gated.requires == ("qam",) and gated.growable
 
 
 def test_make_policy_errors_name_what_is_accepted():
-    with pytest.raises(InputError, match="every_k, first_latest"):
-        make_policy("qdmn")
-    with pytest.raises(InputError, match="takes: k, max_frames, initial_slots"):
+    with pytest.raises(InputError, match="every_k, first_latest, qdmn, lfu, qpm, rde"):
+        make_policy("xmem")
+    with pytest.raises(InputError, match="takes: k, max_frames, initial_slots, quality_gate"):
         make_policy("every_k", sigma=0.8)
-    with pytest.raises(InputError, match="takes: none"):
+    with pytest.raises(InputError, match="takes: quality_gate"):
         make_policy("first_latest", k=5)
     with pytest.raises(InputError, match="k must be"):
         make_policy("every_k", k=0)

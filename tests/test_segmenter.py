@@ -86,7 +86,7 @@ def test_first_latest_reuses_the_same_arrays(seg_factory, square_clip):
         assert all(np.shares_memory(a, b) for a, b in zip(arrays, (seg.bank.keys, seg.bank.values, seg.bank.valid)))
         assert seg.bank_bytes == nbytes
     hw = 4 * 6                                          # 64x96 padded input at stride 16
-    assert nbytes == 4 * (16 * 2 * hw + 1 * 32 * 2 * hw + 2 * hw) + 8 * 2
+    assert nbytes == 4 * (16 * 2 * hw + 1 * 32 * 2 * hw + 2 * hw) + 8 * 2 * hw   # keys, values, valid; origin
 
 
 def test_objects_introduced_mid_video(seg_factory, square_clip):
@@ -119,7 +119,7 @@ def test_resolution_options(seg_factory, square_clip):
         seg = seg_factory(resolution=resolution)
         outs, _ = run(seg, frames, masks)
         assert outs[1].shape == (96, 128)
-        assert (seg._geometry.padded_h, seg._geometry.padded_w) == padded
+        assert (seg.geometry.padded_h, seg.geometry.padded_w) == padded
     seg = seg_factory(top_k=10_000)                     # clipped to the number of valid positions
     run(seg, frames, masks)
 
@@ -167,8 +167,8 @@ def test_input_errors(seg_factory, square_clip):
 
 
 def test_constructor_errors(tiny_export):
-    with pytest.raises(InputError, match="every_k, first_latest"):
-        Segmenter(tiny_export, method="lfu", providers="cpu")
+    with pytest.raises(InputError, match="every_k, first_latest, qdmn, lfu, qpm, rde"):
+        Segmenter(tiny_export, method="xmem", providers="cpu")
     with pytest.raises(InputError, match="takes: k, max_frames"):
         Segmenter(tiny_export, providers="cpu", sigma=0.8)
     with pytest.raises(InputError, match="resolution"):

@@ -1,0 +1,53 @@
+"""The bundled default model: present, intact, faithful to its checkpoint, and useful."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sdk
+from sdk.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "sdk" / "models" / "default"
+CHECKPOINT = ROOT / "training" / "weights" / "lite.safetensors"
+DATA = ROOT.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data (DAVIS frames) not present")
+
+
+def test_bundled_export_is_complete_and_matches_its_checkpoint_config():
+    manifest = load_manifest(BUNDLED)          # verifies every graph's sha256
+    cfg = json.loads(CHECKPOINT.with_suffix(".json").read_text())["config"]
+    assert manifest.config == cfg["name"] == "lite"
+    assert (manifest.key_channels, manifest.value_channels) == (cfg["key_channels"], cfg["value_channels"])
+    assert manifest.method == "every_k"
+
+
+@needs_data
+def test_bundled_graphs_match_the_checkpoint_on_real_frames():
+    pytest.importorskip("torch")
+    from export.onnx_export import check_parity, load_davis_parity_frames
+    from training.checkpoint import load_checkpoint
+
+    net, _ = load_checkpoint(CHECKPOINT)
+    frames, _ = load_davis_parity_frames(DATA / "davis2016-480p", max_sequences=2)
+    parity = check_parity(net.eval(), BUNDLED, frames, resolution=load_manifest(BUNDLED).resolution)
+    assert parity["max_abs_logit_diff"] <= 1e-3 and parity["min_mask_iou"] >= 0.999
+
+
+@needs_data
+def test_bundled_model_tracks_a_real_object():
+    """blackswan, 240p, 20 frames from the first mask: the swan is still found (IoU > 0.8)."""
+    from benchmarks.common import read_ground_truth
+    from sdk.davis import davis_sequence_dirs
+    from sdk.io import iter_frames, list_frames
+
+    frames_dir, masks_dir = davis_sequence_dirs(DATA / "davis2016-240p", "blackswan")
+    gt = read_ground_truth(masks_dir, list_frames(frames_dir)[:20])
+    seg = sdk.Segmenter(providers="cpu", resolution=240)
+    for t, ((_, rgb), mask) in enumerate(zip(iter_frames(frames_dir), gt)):
+        out = seg.step(rgb, mask if t == 0 else None)
+    inter, union = np.logical_and(out == 1, gt[-1] == 1).sum(), np.logical_or(out == 1, gt[-1] == 1).sum()
+    assert inter / union > 0.8
