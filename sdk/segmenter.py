@@ -169,7 +169,6 @@ class Segmenter:
         prob = None
         if self.bank.num_valid and any(label not in given for label in self._labels):
             prob = self._predict(t, key, f16, f8, f4, ms)
-        t3 = perf_counter()
 
         new = [label for label in given if label not in self._labels]
         if new:

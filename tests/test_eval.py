@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from fake_segmenter import CopyFirstSegmenter, OracleSegmenter
 from PIL import Image
 
-import sdk
 from benchmarks import bench, eval as vos_eval
 from benchmarks.common import prompts
 from benchmarks.metrics import evaluate_sequence, summarize
@@ -19,7 +18,6 @@ from sdk.demo import make_clip
 from sdk.io import read_mask, write_mask
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-BUNDLED = Path(sdk.__file__).parent / "models" / "default"
 
 
 def make_dataset(root: Path, layout: str = "") -> dict[str, list[np.ndarray]]:
@@ -131,7 +129,6 @@ def test_bench_reports_per_method_and_length(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
-@pytest.mark.skipif(not (BUNDLED / "manifest.json").is_file(), reason="no bundled model in sdk/models/default yet")
 def test_real_eval_on_one_davis_sequence(tmp_path):
     args = ["--data", DATA / "davis2016-240p", "--split", "val", "--sequences", "blackswan",
             "--providers", "cpu", "--out", tmp_path / "out", "--json", tmp_path / "r.json"]

@@ -9,7 +9,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from .networks import VOSNetwork
@@ -30,6 +29,7 @@ def save_checkpoint(path, net: VOSNetwork, state: dict | None = None, half: bool
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
                for k, v in net.state_dict().items()}
     save_file(tensors, str(st) + ".tmp")
+    os.chmod(str(st) + ".tmp", 0o644)            # safetensors creates it owner-only
     os.replace(str(st) + ".tmp", st)
     js.write_text(json.dumps({"config": net.config, "state": state or {}, "dtype": "float16" if half else "float32"},
                              indent=2))

@@ -13,7 +13,6 @@ flip and colour jitter per clip plus a small per-frame affine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
