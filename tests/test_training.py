@@ -113,3 +113,21 @@ def test_vos_train_unknown_config_is_a_usage_error(tmp_path):
 
     res = CliRunner().invoke(main, ["--config", "nope", "--data", str(tmp_path), "--out", str(tmp_path)])
     assert res.exit_code != 0 and "training config 'nope' not found" in res.output
+
+
+def test_readout_gather_equals_the_dense_topk_softmax_of_stcn():
+    """The exported readout (top-k gather) = STCN's dense form: softmax over the top-k of
+    −‖k_m − k_q‖²/√C_k among valid positions, scattered into [M,Q], values @ weights."""
+    from training.networks import VOSNetwork
+
+    g = torch.Generator().manual_seed(1)
+    q, mk = torch.randn(1, 8, 3, 5, generator=g), torch.randn(1, 8, 40, generator=g)
+    mv, valid = torch.randn(2, 6, 40, generator=g), torch.ones(40)
+    valid[30:] = 0
+    out, usage = VOSNetwork.readout(q, mk, mv, valid, torch.tensor(7))
+    dist = -((mk[0][:, :, None] - q.flatten(2)[0][:, None, :]) ** 2).sum(0) / np.sqrt(8)   # [M,Q]
+    dist[30:] = -float("inf")
+    vals, idx = dist.topk(7, dim=0)
+    dense = torch.zeros_like(dist).scatter(0, idx, vals.softmax(0))
+    assert torch.allclose(out, (mv @ dense).view(2, 6, 3, 5), atol=1e-5)
+    assert torch.equal(usage, (dense > 0).float().sum(1))

@@ -209,17 +209,29 @@ class VOSNetwork(nn.Module):
 
         query_key [1,C_k,h,w], memory_keys [1,C_k,M], memory_values [N,C_v,M], valid [M]
         float32 (1 = occupied), top_k int64 scalar with 1 ≤ top_k ≤ number of valid positions
-        → readout [N,C_v,h,w], usage [M] float32 (query positions that keep m in their top-k).
+        → readout [N,C_v,h,w], usage [M] float32 (number of query positions whose top-k holds
+        m; exactly top_k per query, so usage sums to top_k·h·w).
         """
         _, ck, h, w = query_key.shape
-        aff = affinity(memory_keys, query_key.flatten(2))[0]      # [M,Q]
-        aff = torch.where(valid.unsqueeze(1) > 0.5, aff, torch.full_like(aff, -1e30))
-        vals, idx = torch.topk(aff, top_k, dim=0)                 # [k,Q]
-        weights = torch.softmax(vals, dim=0)
-        usage = (aff >= vals[-1:]).float().sum(1)                 # [M]
-        dense = torch.zeros_like(aff).scatter(0, idx, weights)    # [M,Q]
-        out = memory_values @ dense                               # [N,C_v,Q]
-        return out.view(out.shape[0], out.shape[1], h, w), usage
+        n, cv, m = memory_values.shape
+        scale = 1 / math.sqrt(ck)
+        # empty slots: ‖k_m‖² + 1e30 puts them far below any valid position. The −‖k_m‖² term
+        # rides in the matmul as an extra key channel against a constant 1 in the query, so the
+        # [Q,M] affinity is written once and never traversed again before the top-k.
+        mk = memory_keys[0]
+        sq = (mk.pow(2).sum(0, keepdim=True) + (1 - valid) * 1e30) * scale           # [1,M]
+        q = query_key.flatten(2)[0]
+        q = torch.cat([q, torch.ones_like(q[:1])], 0).transpose(0, 1)               # [Q,C_k+1]
+        aff = q @ torch.cat([mk * (2 * scale), -sq], 0)                             # [Q,M]
+        vals, idx = torch.topk(aff, top_k, dim=1)                                   # [Q,k]
+        weights = torch.softmax(vals, dim=1)
+        flat = idx.flatten()
+        usage = torch.zeros_like(valid).scatter_add(0, flat, torch.ones_like(flat, dtype=valid.dtype))
+        # gather the k memory values of each query as contiguous C_v rows: N·C_v·Q·k work
+        # instead of the N·C_v·Q·M of a dense scatter + matmul
+        picked = memory_values.transpose(1, 2)[:, flat].view(n, idx.shape[0], idx.shape[1], cv)  # [N,Q,k,C_v]
+        out = (weights.unsqueeze(1) @ picked).squeeze(2)                           # [N,Q,C_v]
+        return out.transpose(1, 2).reshape(n, cv, h, w), usage
 
     def decode(self, readout, f16, f8, f4):
         """readout [N,C_v,h,w], f16/f8/f4 of the query [1,…] → logits [N,1,H,W]."""
