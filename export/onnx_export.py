@@ -108,8 +108,8 @@ def export_model(net: nn.Module, out_dir: str | Path, method: str = "every_k", r
             "skip_channels": dict(cfg["skip_channels"]), "max_objects": cfg["max_objects"],
             "normalisation": {"mean": list(cfg["mean"]), "std": list(cfg["std"])},
             "resolution": resolution, "top_k": cfg["top_k"], "policy_defaults": POLICY_DEFAULTS,
-            "graphs": {name: {"file": f"{name}.onnx", "sha256": sha256_file(tmp / f"{name}.onnx")}
-                       for name in GRAPHS},
+            "graphs": {name: {"file": f"{name}.onnx", "sha256": sha256_file(tmp / f"{name}.onnx"),
+                              **graph_signature(tmp / f"{name}.onnx")} for name in GRAPHS},
         }
         _write_json(tmp / MANIFEST_FILE, manifest)
         if parity_frames is None:
@@ -128,6 +128,17 @@ def export_model(net: nn.Module, out_dir: str | Path, method: str = "every_k", r
         shutil.rmtree(tmp, ignore_errors=True)
         net.train(was_training)
     return manifest
+
+
+def graph_signature(path: Path) -> dict:
+    """{"inputs": {name: shape}, "outputs": {name: shape}} of an ONNX graph, each shape a list
+    of ints (fixed) and strings (dynamic axes: "H", "W", "N", "M", …)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    shape = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    return {"inputs": {v.name: shape(v) for v in graph.input},
+            "outputs": {v.name: shape(v) for v in graph.output}}
 
 
 def _write_json(path: Path, data: dict) -> None:

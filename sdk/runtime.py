@@ -58,6 +58,16 @@ def _quiet_ort():
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
 
 
+def _check_signature(name: str, session, entry: dict) -> None:
+    """Raise ManifestError when the graph's input/output names differ from those the manifest
+    declares (``inputs``/``outputs``, written by vos-export; entries without them are not checked)."""
+    for kind, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        declared = entry.get(kind)
+        if declared is not None and list(declared) != [v.name for v in actual]:
+            raise ManifestError(f"graph {name!r} has {kind} {[v.name for v in actual]} but the manifest "
+                                f"declares {list(declared)}: graph and manifest come from different exports")
+
+
 class Graphs:
     """One ``onnxruntime.InferenceSession`` per graph in ``names`` (default: the four core
     graphs; optional heads such as ``"qam"`` must be in ``manifest.graphs``).
@@ -90,6 +100,7 @@ class Graphs:
                                 "/".join(p.removesuffix("ExecutionProvider") for p in missing), why,
                                 ", ".join(used))
                     requested = [p for p in requested if _name(p) in used]
+            _check_signature(name, session, manifest.raw["graphs"][name])
             self.sessions[name] = session
         self.providers = self.sessions[names[0]].get_providers()
 

@@ -92,3 +92,15 @@ def test_unloadable_graph_is_refused(export_copy):
     (export_copy / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="cannot load graph 'decoder'"):
         Segmenter(export_copy, providers="cpu")
+
+
+def test_graph_signatures_are_recorded_and_checked(export_copy):
+    raw = json.loads((export_copy / "manifest.json").read_text())
+    assert raw["graphs"]["key_encoder"]["inputs"] == {"image": [1, 3, "H", "W"]}
+    assert list(raw["graphs"]["readout"]["inputs"]) == ["query_key", "memory_keys", "memory_values", "valid", "top_k"]
+    assert raw["graphs"]["decoder"]["outputs"]["logits"][0] == "N"
+    # a decoder graph swapped in from an export whose names differ: refused by name
+    raw["graphs"]["decoder"]["outputs"] = {"mask_logits": ["N", 1, "H", "W"]}
+    (export_copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="graph 'decoder' has outputs \\['logits'\\].*mask_logits"):
+        Segmenter(export_copy, providers="cpu")
