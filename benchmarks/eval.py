@@ -84,13 +84,15 @@ def main(data, split, sequences, out, json_path, model, method, resolution, prov
             objects, latencies = evaluate(segmenter, data, sequence, out)
             all_objects += objects.values()
             per_sequence[sequence] = {**_percent(summarize(objects.values())), "frames": len(latencies),
-                                      "fps": round(len(latencies) / sum(latencies), 2)}
+                                      "fps": round(len(latencies) / sum(latencies), 2),
+                                      "bank_bytes": segmenter.bank_bytes}   # at the sequence's end
             total_frames += len(latencies)
             total_seconds += sum(latencies)
     report = {
         **_percent(summarize(all_objects)),
         "fps": round(total_frames / total_seconds, 2),
         "frames": total_frames,
+        "bank_bytes": max(seq["bank_bytes"] for seq in per_sequence.values()),
         "per_sequence": per_sequence,
         "data": str(data),
         "split": split,

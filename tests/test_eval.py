@@ -137,3 +137,6 @@ def test_real_eval_on_one_davis_sequence(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["J&F"] > 50 and report["machine"]["providers"] == ["CPUExecutionProvider"]
     assert len(list((tmp_path / "out" / "blackswan").glob("*.png"))) == report["frames"]
+    # every_k holds frames 0, 5, …, 45 at the end: at least 10 frames of keys + values
+    # (480 px internal: 30×54 positions, C_k 64 + C_v 128 float32)
+    assert report["bank_bytes"] == report["per_sequence"]["blackswan"]["bank_bytes"] >= 10 * 30 * 54 * 192 * 4

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
 from sdk.davis import davis_sequence_dirs, read_split
+from sdk.io import iter_frames, read_mask
 
 
 @dataclass
@@ -37,12 +37,10 @@ def load_sequences(root, split: str) -> list[Sequence]:
     for name in read_split(root, split):
         fdir, adir = davis_sequence_dirs(root, name)
         frames, masks = [], []
-        for fp in sorted(fdir.glob("*.jpg")) + sorted(fdir.glob("*.png")):
-            mp = adir / (fp.stem + ".png")
-            if not mp.exists():
-                continue
-            frames.append(cv2.cvtColor(cv2.imread(str(fp)), cv2.COLOR_BGR2RGB))
-            masks.append(np.array(Image.open(mp)))
+        for stem, rgb in iter_frames(fdir):
+            if (adir / f"{stem}.png").is_file():
+                frames.append(rgb)
+                masks.append(read_mask(adir / f"{stem}.png"))
         if len(frames) < 2:
             raise FileNotFoundError(f"sequence {name!r} in {root} has fewer than 2 annotated frames")
         objects = sorted(set(np.unique(np.stack(masks)).tolist()) - {0, 255})
