@@ -4,6 +4,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import sys
 
@@ -20,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     frame[30:60, 40:70] = 255
     mask = np.zeros((96, 128), np.uint8)
     mask[30:60, 40:70] = 1
-    seg = sdk.Segmenter(sys.argv[1], providers="cpu")
+    seg = sdk.Segmenter(sys.argv[1] or None, providers="cpu")   # "" = the bundled default model
     first, second = seg.step(frame, mask), seg.step(frame)
     assert first.shape == second.shape == (96, 128), (first.shape, second.shape)
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx"))
@@ -29,9 +31,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sdk_runs_without_torch_or_onnx(tiny_export):
+@pytest.mark.parametrize("model", ["tiny", "bundled"])
+def test_sdk_runs_without_torch_or_onnx(model, request):
     root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_export)], cwd=root,
+    folder = str(request.getfixturevalue("tiny_export")) if model == "tiny" else ""
+    result = subprocess.run([sys.executable, "-c", SCRIPT, folder], cwd=root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
