@@ -138,12 +138,12 @@ def main(frames, mask, out, overlay, demo, model, method, resolution, providers)
     elif not (frames and mask and out):
         raise click.UsageError("--frames, --mask and --out are required (or try --demo)")
     with user_errors():
-        segmenter = make_segmenter(model, method, resolution, providers)
         if demo:
             rgb, labels = make_clip()
             stream, first_mask, total = ((f"{i:05d}", f) for i, f in enumerate(rgb)), labels[0], len(rgb)
-        else:
+        else:   # inputs first: a bad path fails before any model is loaded
             stream, first_mask, total = iter_frames(frames), read_mask(mask), len(list_frames(frames))
+        segmenter = make_segmenter(model, method, resolution, providers)
         count = segment(segmenter, stream, first_mask, out, overlay, total)
     click.echo(f"{count} masks written to {out}/")
     if overlay:
