@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from sdk.cli import parse_resolution
+
 from .onnx_export import check_method, export_model
 
 
@@ -14,14 +16,6 @@ def _method(ctx, param, value: str) -> str:
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     return value
-
-
-def _resolution(ctx, param, value: str):
-    if value == "native":
-        return None
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    raise click.BadParameter("expected a positive integer (short side in px) or 'native'")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
@@ -39,7 +33,7 @@ Examples:
                    "need QAM/SAM heads that arrive with issue 3.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Export folder to create (replaced if it already holds an export).")
-@click.option("--resolution", default="480", show_default=True, callback=_resolution, metavar="PX|native",
+@click.option("--resolution", default="480", show_default=True, callback=parse_resolution, metavar="PX|native",
               help="Default internal short side in px the sdk resizes frames to, or 'native'.")
 @click.option("--parity-data", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="ROOT",
               help="DAVIS-layout folder (e.g. ../shared/data/davis2016-240p): the parity check runs on "

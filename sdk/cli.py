@@ -26,8 +26,9 @@ def make_segmenter(model: Path | None, method: str | None, resolution, providers
     return sdk.Segmenter(model=model, method=method, providers=providers, resolution=resolution)
 
 
-def _parse_resolution(ctx, param, value: str | None):
-    """'native' -> None (input size), an integer -> that short side, absent -> 'manifest'."""
+def parse_resolution(ctx, param, value: str | None):
+    """Click callback of every --resolution: 'native' -> None (input size), a positive integer
+    -> that short side in px, absent -> 'manifest' (the model's default)."""
     if value is None:
         return "manifest"
     if value == "native":
@@ -50,7 +51,7 @@ def segmenter_options(method: bool = True):
                      help="Export folder (manifest.json + ONNX graphs) from vos-export. "
                           "Default: the bundled model."),
         click.option("--method", help=f"Memory policy: {', '.join(sdk.POLICIES)}. Default: the model's."),
-        click.option("--resolution", callback=_parse_resolution, metavar="PX|native",
+        click.option("--resolution", callback=parse_resolution, metavar="PX|native",
                      help="Internal short side in px, or 'native' for the input size. "
                           "Default: the model's."),
         click.option("--providers", callback=comma_list, metavar="LIST",

@@ -59,6 +59,11 @@ def freeze(net, frozen_blocks: int):
                 p.requires_grad_(False)
 
 
+def lr_factor(cfg: dict, it: int) -> float:
+    """Step decay: ×0.1 from iteration lr_decay_at·iterations on (STCN)."""
+    return 0.1 if it >= int(cfg["iterations"] * cfg["lr_decay_at"]) else 1.0
+
+
 def make_optimizer(net, cfg):
     backbone = [p for p in net.key_encoder.parameters() if p.requires_grad]
     ids = {id(p) for p in net.key_encoder.parameters()}
@@ -87,11 +92,6 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     optim_path = out / "last.optim.pt"
     if start and optim_path.exists():
         opt.load_state_dict(torch.load(optim_path, weights_only=True))
-    sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, [int(cfg["iterations"] * cfg["lr_decay_at"])], 0.1, last_epoch=start - 1 if start else -1)
-    if start:
-        for g, lr in zip(opt.param_groups, (cfg["lr"], cfg["backbone_lr"])):
-            g["lr"] = lr * (0.1 if start >= int(cfg["iterations"] * cfg["lr_decay_at"]) else 1)
 
     seqs = [s for root, split in data for s in load_sequences(root, split)]
     ds = ClipDataset(seqs, crop=cfg["crop"], num_frames=cfg["num_frames"],
@@ -118,8 +118,9 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
         loss = bootstrapped_bce(logits.flatten(0, 1), masks[:, 1:].flatten(0, 1), frac)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group, base in zip(opt.param_groups, (cfg["lr"], cfg["backbone_lr"])):
+            group["lr"] = base * lr_factor(cfg, it)
         opt.step()
-        sched.step()
         with torch.no_grad():
             pred = logits > 0
             gt = masks[:, 1:] > 0.5
