@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from benchmarks.metrics import first_appearance
+from benchmarks.metrics import prompts  # noqa: F401  (re-exported: vos-eval, vos-bench)
 from sdk.io import read_mask
 
 
@@ -26,18 +26,6 @@ def read_ground_truth(annotations: Path, names: Iterable[str]) -> list[np.ndarra
         if not path.is_file():
             raise FileNotFoundError(f"no ground-truth mask {path}")
         masks.append(read_mask(path))
-    return masks
-
-
-def prompts(gt_labels: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-    """Masks to give the segmenter, one per frame (None = none): on the frame where objects
-    first appear, a label map uint8 [H,W] of just those objects (void -> background); the
-    first frame's holds every object it shows (DAVIS 2017 / YouTube-VOS semi-supervised)."""
-    masks: list[np.ndarray | None] = [None] * len(gt_labels)
-    first = first_appearance(gt_labels)
-    for t in sorted(set(first.values())):
-        new = [obj for obj, t0 in first.items() if t0 == t]
-        masks[t] = np.where(np.isin(gt_labels[t], new), gt_labels[t], 0).astype(np.uint8)
     return masks
 
 

@@ -135,3 +135,15 @@ def summarize(objects: Iterable[dict[str, list[float]]]) -> dict[str, float]:
     }
     summary["J&F"] = (summary["J-Mean"] + summary["F-Mean"]) / 2
     return summary
+
+
+def prompts(gt_labels: list[np.ndarray]) -> list[np.ndarray | None]:
+    """Masks to give the segmenter, one per frame (None = none): on the frame where objects
+    first appear, a label map uint8 [H,W] of just those objects (void -> background); the
+    first frame's holds every object it shows (DAVIS 2017 / YouTube-VOS semi-supervised)."""
+    masks: list[np.ndarray | None] = [None] * len(gt_labels)
+    first = first_appearance(gt_labels)
+    for t in sorted(set(first.values())):
+        new = [obj for obj, t0 in first.items() if t0 == t]
+        masks[t] = np.where(np.isin(gt_labels[t], new), gt_labels[t], 0).astype(np.uint8)
+    return masks

@@ -1,5 +1,8 @@
-"""PyTorch network → four ONNX graphs + manifest.json (``docs/graph-contract.md``), with a
-torch-vs-onnxruntime parity check whose numbers go into the manifest."""
+"""PyTorch network → ONNX graphs + manifest.json (``docs/graph-contract.md``), with a
+torch-vs-onnxruntime parity check whose numbers go into the manifest.
+
+Four core graphs always; one more per method head the network carries (``prior_enhance``,
+``qam``, ``sam_key`` + ``sam_value``)."""
 from __future__ import annotations
 
 import itertools
@@ -21,7 +24,11 @@ from sdk.policies import POLICIES
 from sdk.runtime import Graphs
 
 VOSEDGE_VERSION = "0.1.0"
-POLICY_DEFAULTS = {"every_k": {"k": 5}, "first_latest": {}, "lfu": {"k": 5, "capacity_frames": 2}}
+# paper defaults of every memory policy (sdk/policies.py cites the sources)
+POLICY_DEFAULTS = {"every_k": {"k": 5}, "first_latest": {}, "lfu": {"k": 5, "capacity_frames": 2},
+                   "qdmn": {"interval": 5, "sigma": 0.8, "beta": 20},
+                   "qpm": {"interval": 5, "sigma_m": 0.7, "sigma_en": 0.65},
+                   "rde": {"theta": 3, "top_k": 40}}
 PARITY_MAX_ABS = 1e-3
 PARITY_MIN_IOU = 0.999
 
@@ -40,6 +47,26 @@ GRAPHS = {
                 {"readout": {0: "N", 2: "h", 3: "w"}, "f16": {2: "h", 3: "w"}, "f8": {2: "h8", 3: "w8"},
                  "f4": {2: "h4", 3: "w4"}, "logits": {0: "N", 2: "H", 3: "W"}}),
 }
+# method heads: graph name → (network method, inputs, outputs, dynamic axes); HEAD_OF: its head
+HEAD_GRAPHS = {
+    "prior_enhance": ("enhance", ["f16", "prior"], ["key", "enhanced_f16"],
+                      {"f16": {2: "h", 3: "w"}, "prior": {2: "H", 3: "W"}, "key": {2: "h", 3: "w"},
+                       "enhanced_f16": {2: "h", 3: "w"}}),
+    "qam": ("score", ["value"], ["score"], {"value": {0: "N", 2: "h", 3: "w"}, "score": {0: "N"}}),
+    "sam_key": ("fold_key", ["previous", "new"], ["rde"],
+                {"previous": {2: "h", 3: "w"}, "new": {2: "h", 3: "w"}, "rde": {2: "h", 3: "w"}}),
+    "sam_value": ("fold_value", ["previous", "new"], ["rde"],
+                  {"previous": {0: "N", 2: "h", 3: "w"}, "new": {0: "N", 2: "h", 3: "w"},
+                   "rde": {0: "N", 2: "h", 3: "w"}}),
+}
+HEAD_OF = {"prior_enhance": "prior", "qam": "qam", "sam_key": "sam", "sam_value": "sam"}
+ALL_GRAPHS = {**GRAPHS, **HEAD_GRAPHS}
+
+
+def graphs_of(net: nn.Module) -> list[str]:
+    """Names of the graphs ``net`` exports: the four core ones + those of its heads."""
+    heads = getattr(net, "heads", ())
+    return [*GRAPHS, *(name for name, head in HEAD_OF.items() if head in heads)]
 
 
 class ParityError(RuntimeError):
@@ -57,29 +84,36 @@ class _Part(nn.Module):
         return getattr(self.net, self.method)(*inputs)
 
 
-def check_method(method: str) -> None:
-    """Raise ValueError unless ``method`` is a memory policy whose graphs this version exports
-    (policies that need QAM/SAM heads wait for those heads: issue 3)."""
-    if method not in POLICIES or POLICIES[method].requires:
-        ready = [n for n, p in POLICIES.items() if not p.requires]
-        later = [n for n in POLICIES if n not in ready]
-        raise ValueError(f"unknown method {method!r}; supported now: {', '.join(ready)} "
-                         f"({', '.join(later)} need QAM/SAM heads that arrive with issue 3)")
+def check_method(method: str, net: nn.Module | None = None) -> None:
+    """Raise ValueError unless ``method`` is a memory policy (:data:`sdk.policies.POLICIES`)
+    and, given ``net``, the network carries the heads whose graphs the policy requires."""
+    if method not in POLICIES:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(POLICIES)}")
+    if net is not None:
+        missing = [g for g in POLICIES[method].requires if g not in graphs_of(net)]
+        if missing:
+            heads = sorted({HEAD_OF[g] for g in missing})
+            raise ValueError(f"method {method!r} needs graph(s) {', '.join(missing)}, but this network has no "
+                             f"{'/'.join(heads)} head: train them with `vos-train --method {method}` "
+                             f"(or --method all)")
 
 
 def export_model(net: nn.Module, out_dir: str | Path, method: str = "every_k", resolution: int | None = 480,
                  parity_frames=None, opset: int = 17) -> dict:
     """Export ``net`` (a ``training.networks.VOSNetwork``) to ``out_dir``; returns the manifest.
 
-    Writes ``key_encoder.onnx``, ``value_encoder.onnx``, ``readout.onnx``, ``decoder.onnx``
-    (TorchScript exporter, ``opset``, dynamic H, W, N, M) and ``manifest.json`` (sha256 of
+    Writes ``key_encoder.onnx``, ``value_encoder.onnx``, ``readout.onnx``, ``decoder.onnx``,
+    one graph per method head the network has (``prior_enhance``, ``qam``, ``sam_key``,
+    ``sam_value``; :data:`HEAD_GRAPHS`) (TorchScript exporter, ``opset``, dynamic H, W, N, M)
+    and ``manifest.json`` (sha256 of
     every graph, channels, stride, normalisation, ``resolution`` = default internal short
     side in px or None, default ``method`` and policy defaults). Then checks parity: frame 0
     (+ its mask) is encoded into memory next to one empty slot, frame 1 is read out and
     decoded, by the torch parts and by the ONNX graphs (onnxruntime CPU, via the sdk's own
     preprocessing); logits must agree within 1e-3 max-abs and the masks (logit > 0) with
-    IoU ≥ 0.999 (over pixels with |logit| ≥ 1e-3, see :func:`check_parity`). The numbers are
-    stored in ``manifest["parity"]``.
+    IoU ≥ 0.999 (over pixels with |logit| ≥ 1e-3, see :func:`check_parity`); each head graph
+    must match its torch module within 1e-3 relative to the output's magnitude. The numbers
+    are stored in ``manifest["parity"]``.
 
     parity_frames: a DAVIS-layout folder (its first 3 val sequences, see
     :func:`load_davis_parity_frames`), a list of (frame0 RGB uint8 [H,W,3], mask0 label map
@@ -87,10 +121,10 @@ def export_model(net: nn.Module, out_dir: str | Path, method: str = "every_k", r
     Everything is written to a temporary folder and moved to ``out_dir`` only
     after parity passes (an existing export there is replaced).
 
-    Raises ValueError for an unknown method, FileExistsError if ``out_dir`` exists and is
+    Raises ValueError for an unknown method or one whose heads the network lacks, FileExistsError if ``out_dir`` exists and is
     neither empty nor an export, :class:`ParityError` if parity fails.
     """
-    check_method(method)
+    check_method(method, net)
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
         raise FileExistsError(f"{out_dir} exists and is not a vosedge export; choose an empty or new folder")
@@ -109,7 +143,7 @@ def export_model(net: nn.Module, out_dir: str | Path, method: str = "every_k", r
             "normalisation": {"mean": list(cfg["mean"]), "std": list(cfg["std"])},
             "resolution": resolution, "top_k": cfg["top_k"], "policy_defaults": POLICY_DEFAULTS,
             "graphs": {name: {"file": f"{name}.onnx", "sha256": sha256_file(tmp / f"{name}.onnx"),
-                              **graph_signature(tmp / f"{name}.onnx")} for name in GRAPHS},
+                              **graph_signature(tmp / f"{name}.onnx")} for name in graphs_of(net)},
         }
         _write_json(tmp / MANIFEST_FILE, manifest)
         if parity_frames is None:
@@ -157,8 +191,10 @@ def _export_graphs(net: nn.Module, folder: Path, opset: int) -> None:
         readout_args = (key, *memory, torch.ones(memory[0].shape[2]), torch.tensor(3, dtype=torch.int64))
         readout, _ = net.readout(*readout_args)
     examples = {"key_encoder": (image,), "value_encoder": (image, f16, masks), "readout": readout_args,
-                "decoder": (readout, f16, f8, f4)}
-    for name, (method, inputs, outputs, axes) in GRAPHS.items():
+                "decoder": (readout, f16, f8, f4), "prior_enhance": (f16, masks[:1, :1]), "qam": (value,),
+                "sam_key": (key, key.flip(3)), "sam_value": (value, value.flip(3))}
+    for name in graphs_of(net):
+        method, inputs, outputs, axes = ALL_GRAPHS[name]
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(_Part(net, method).eval(), examples[name], str(folder / f"{name}.onnx"),
@@ -173,7 +209,9 @@ def check_parity(net: nn.Module, folder: Path, frames, resolution: int | None) -
     within ±1e-3 of 0 (undecided at the logit tolerance; near-zero logits of untrained networks
     would otherwise flip by rounding alone)."""
     manifest = load_manifest(folder)
-    graphs = Graphs(manifest, providers="cpu")
+    heads = [name for name in HEAD_GRAPHS if name in manifest.graphs]
+    graphs = Graphs(manifest, providers="cpu", names=(*GRAPHS, *heads))
+    head_diff = dict.fromkeys(heads, 0.0)
     mean, std = np.asarray(manifest.mean, np.float32), np.asarray(manifest.std, np.float32)
     max_diff, min_iou = 0.0, 1.0
     for frame0, mask0, frame1 in frames:
@@ -192,6 +230,8 @@ def check_parity(net: nn.Module, folder: Path, frames, resolution: int | None) -
             lo_pt = _chain(lambda name, *x: [t.numpy() for t in _as_tuple(
                 getattr(net, GRAPHS[name][0])(*map(torch.from_numpy, x)))], img0, masks, img1, valid, top_k)
         max_diff = max(max_diff, float(np.abs(lo_ort - lo_pt).max()))
+        for name, diff in _head_parity(net, graphs, heads, img0, masks, img1).items():
+            head_diff[name] = max(head_diff[name], diff)
         decisive = np.abs(lo_pt) >= PARITY_MAX_ABS      # a 1e-3-accurate graph may flip the others
         a, b = (lo_ort > 0) & decisive, (lo_pt > 0) & decisive
         for i in range(len(labels)):
@@ -199,10 +239,40 @@ def check_parity(net: nn.Module, folder: Path, frames, resolution: int | None) -
             min_iou = min(min_iou, float(np.logical_and(a[i], b[i]).sum() / union) if union else 1.0)
     result = {"max_abs_logit_diff": max_diff, "min_mask_iou": min_iou,
               "iou_ignores_abs_logit_below": PARITY_MAX_ABS, "resolution": resolution}
+    if heads:
+        result["heads_max_rel_diff"] = head_diff
     if max_diff > PARITY_MAX_ABS or min_iou < PARITY_MIN_IOU:
         raise ParityError(f"ONNX graphs disagree with the torch network: max |Δlogit| {max_diff:.3g} "
                           f"(limit {PARITY_MAX_ABS}), min mask IoU {min_iou:.4f} (limit {PARITY_MIN_IOU})")
+    bad = {name: diff for name, diff in head_diff.items() if diff > PARITY_MAX_ABS}
+    if bad:
+        raise ParityError("head graph(s) disagree with the torch network: "
+                          + ", ".join(f"{n} max |Δ|/max(1, max|out|) = {d:.3g}" for n, d in bad.items())
+                          + f" (limit {PARITY_MAX_ABS})")
     return result
+
+
+def _head_parity(net, graphs, heads, img0, masks, img1) -> dict[str, float]:
+    """Each head graph vs its torch module on the same inputs taken from the torch network on
+    the clip (frame 0 + masks, frame 1): max |Δ| / max(1, max |torch output|) per graph."""
+    if not heads:
+        return {}
+    t = torch.from_numpy
+    with torch.no_grad():
+        key0, f16_0, _, _ = net.encode_key(t(img0))
+        key1, f16_1, _, _ = net.encode_key(t(img1))
+        value0 = net.encode_value(t(img0), f16_0, t(masks))
+        value1 = net.encode_value(t(img1), f16_1, t(masks))
+        prior = t(masks[:, :1].max(0, keepdims=True))
+        inputs = {"prior_enhance": (f16_1, prior), "qam": (value0,), "sam_key": (key0, key1),
+                  "sam_value": (value0, value1)}
+        out = {}
+        for name in heads:
+            method, names, _, _ = HEAD_GRAPHS[name]
+            ref = [x.numpy() for x in _as_tuple(getattr(net, method)(*inputs[name]))]
+            got = graphs.run(name, {n: x.numpy() for n, x in zip(names, inputs[name])})
+            out[name] = max(float(np.abs(g - r).max()) / max(1.0, float(np.abs(r).max())) for g, r in zip(got, ref))
+    return out
 
 
 def _as_tuple(x):

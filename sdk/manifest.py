@@ -16,8 +16,8 @@ FORMAT = "vosedge-export"
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 GRAPH_NAMES = ("key_encoder", "value_encoder", "readout", "decoder")
-# heads that only some memory policies need (QDMN/QPM: qam; RDE: sam_key, sam_value)
-OPTIONAL_GRAPHS = ("qam", "sam_key", "sam_value")
+# heads that only some memory policies need (QDMN/QPM: prior_enhance, qam; RDE: sam_key, sam_value)
+OPTIONAL_GRAPHS = ("prior_enhance", "qam", "sam_key", "sam_value")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 
 

@@ -9,8 +9,9 @@ Protocol, driven by :class:`~sdk.segmenter.Segmenter` for frame index t = 0, 1, 
 
 1. ``capacity()`` frame slots of hw positions are preallocated at the first frame; a
    ``growable`` bank may grow (unbounded policies), any other never reallocates.
-2. ``prior(t)``: the frame (t − 1 or 0) whose mask is fed to a key encoder with a prior-mask
-   input (prior enhancement, QDMN Eq. 5 / QPM Eq. 4); called before frame t is encoded.
+2. ``prior(t)``: the frame (t − 1 or 0) whose mask is the prior of frame t for policies that
+   require ``"prior_enhance"`` (prior enhancement, QDMN Eq. 5 / QPM Eq. 4); called before
+   frame t is encoded.
 3. After each readout, ``on_readout(t, usage)`` receives the top-k usage of every live memory
    position (LFU counts it; the others ignore it).
 4. ``on_frame(t, table, given, scores)`` decides frame t's write. ``table`` is the bank's
@@ -24,7 +25,8 @@ Protocol, driven by :class:`~sdk.segmenter.Segmenter` for frame index t = 0, 1, 
    ground truth.
 
 ``requires`` names the graphs a policy needs beyond the four core ones (docs/graph-contract.md):
-``"qam"`` (scores), ``"sam_key"``/``"sam_value"`` (RDE folds). ``top_k`` is the readout top-k
+``"qam"`` (scores), ``"prior_enhance"`` (the prior mask enhances the query feature),
+``"sam_key"``/``"sam_value"`` (RDE folds). ``top_k`` is the readout top-k
 the method prescribes (None: the manifest's).
 """
 from __future__ import annotations
@@ -166,7 +168,7 @@ class QDMN(MemoryPolicy):
     """
 
     name = "qdmn"
-    requires = ("qam",)
+    requires = ("qam", "prior_enhance")
 
     def __init__(self, interval: int = 5, sigma: float = 0.8, beta: int = 20):
         if int(interval) < 1 or int(beta) < 1:
@@ -263,7 +265,7 @@ class QPM(MemoryPolicy):
     """
 
     name = "qpm"
-    requires = ("qam",)
+    requires = ("qam", "prior_enhance")
 
     def __init__(self, interval: int = 5, sigma_m: float = 0.7, sigma_en: float = 0.65,
                  max_frames: int | None = None, initial_slots: int = 8):

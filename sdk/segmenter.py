@@ -13,10 +13,10 @@ from .ops import Geometry, channel_argmax, one_hot, sigmoid, soft_aggregate
 from .policies import MemoryPolicy, Write, make_policy
 from .runtime import Graphs
 
-# Segmenter.timings keys (ms). preprocess: checks, resize, normalise, pad; postprocess: mask merge,
-# soft aggregation, crop, resize, argmax; qam: the QAM score graph; sam: the SAM graphs + RDE
-# write; bookkeeping: the rest of the sdk's work (sigmoid, objects, prior, policy, value-encoder
-# masks, bank write).
+# Segmenter.timings keys (ms). preprocess: checks, resize, normalise, pad; key_encoder: + the
+# prior_enhance graph (QDMN/QPM); postprocess: mask merge, soft aggregation, crop, resize, argmax;
+# qam: the QAM score graph; sam: the SAM graphs + RDE write; bookkeeping: the rest of the sdk's
+# work (sigmoid, objects, prior, policy, value-encoder masks, bank write).
 STAGES = ("preprocess", "key_encoder", "readout", "decoder", "postprocess", "value_encoder", "qam", "sam",
           "bookkeeping")
 
@@ -52,10 +52,11 @@ class Segmenter:
     masks [N,2,H,W] = (own probability, sum of the other objects' probabilities)) and the
     bank stores key and value where the policy chose (a slot, feature positions, or an RDE
     fold through the ``sam_key``/``sam_value`` graphs). Policies that need QAM scores get
-    ``qam(value)`` → score [N] of the frame's prediction. A key encoder with a ``prior`` input
-    [1,1,H,W] gets the prior mask (QDMN Eq. 5, QPM Eq. 4): the foreground probability (max over
-    objects) of the frame ``policy.prior(t)`` picks (t − 1 or 0); the first frame gets its own
-    annotation.
+    ``qam(value)`` → score [N] of the frame's prediction. Policies that require
+    ``prior_enhance`` (QDMN, QPM) pass the key encoder's f16 and a prior mask [1,1,H,W] through
+    that graph, which returns the enhanced f16 and its key (QDMN Eq. 5, QPM Eq. 4); the prior
+    is the foreground probability (max over objects) of the frame ``policy.prior(t)`` picks
+    (t − 1 or 0); the first frame gets its own annotation.
     """
 
     def __init__(self, model: str | Path | None = None, method: str | None = None, providers=None,
@@ -80,7 +81,7 @@ class Segmenter:
         if self.top_k < 1:
             raise InputError(f"top_k must be ≥ 1, got {top_k}")
         self._graphs = Graphs(m, providers, GRAPH_NAMES + policy.requires)
-        self._prior_input = "prior" in self._graphs.input_names("key_encoder")
+        self._prior_input = "prior_enhance" in policy.requires
         self._mean = np.asarray(m.mean, np.float32)
         self._std = np.asarray(m.std, np.float32)
         self.timings: dict[str, float] = {}
@@ -95,7 +96,7 @@ class Segmenter:
         self._labels: list[int] = []                 # object index → label value
         self._lut = np.zeros(1, np.uint8)            # argmax channel → label value
         self._geometry: Geometry | None = None
-        self._first_prior = self._prev_prior = None  # [1,1,Hp,Wp] float32 (key encoder with prior input)
+        self._first_prior = self._prev_prior = None  # [1,1,Hp,Wp] float32 (prior enhancement)
         self._t = 0
 
     @property
@@ -159,10 +160,9 @@ class Segmenter:
         t1 = perf_counter()
         ms["preprocess"] = (t1 - t0) * 1e3
 
-        feeds = {"image": image}
+        key, f16, f8, f4 = self._graphs.run("key_encoder", {"image": image})
         if self._prior_input:
-            feeds["prior"] = self._prior(t, given_map)
-        key, f16, f8, f4 = self._graphs.run("key_encoder", feeds)
+            key, f16 = self._graphs.run("prior_enhance", {"f16": f16, "prior": self._prior(t, given_map)})
         t2 = perf_counter()
         ms["key_encoder"] = (t2 - t1) * 1e3
 

@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 ``tiny_export``: a randomly initialised small lite network exported once per test session
-(a few seconds of torch + ONNX export); sdk tests run the Segmenter on it.
+(a few seconds of torch + ONNX export); sdk tests run the Segmenter on it. ``heads_export``:
+the same network with every method head (QAM, prior enhancement, SAM), exported likewise.
 """
 from __future__ import annotations
 
@@ -31,6 +32,26 @@ def tiny_export(tiny_net, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("export") / "tiny"
     export_model(tiny_net, out, method="every_k", resolution=TINY_RESOLUTION)
+    return out
+
+
+@pytest.fixture(scope="session")
+def heads_net():
+    """The tiny lite network with the qam, prior and sam heads, seed 0, no pretrained weights."""
+    torch = pytest.importorskip("torch")
+    from training.networks import build_network
+
+    torch.manual_seed(0)
+    return build_network({**TINY_CONFIG, "heads": ["qam", "prior", "sam"]}, pretrained=False).eval()
+
+
+@pytest.fixture(scope="session")
+def heads_export(heads_net, tmp_path_factory):
+    """Folder of :func:`heads_net`'s export (all 8 graphs, method every_k, resolution 64)."""
+    from export import export_model
+
+    out = tmp_path_factory.mktemp("export") / "heads"
+    export_model(heads_net, out, method="every_k", resolution=TINY_RESOLUTION)
     return out
 
 

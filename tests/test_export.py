@@ -12,7 +12,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from export import ParityError, check_parity, export_model  # noqa: E402
 from export import cli as export_cli  # noqa: E402
-from export.onnx_export import GRAPHS  # noqa: E402
+from export.onnx_export import GRAPHS, HEAD_GRAPHS  # noqa: E402
 from sdk.manifest import sha256_file  # noqa: E402
 
 
@@ -104,8 +104,13 @@ def test_failed_export_leaves_nothing(tiny_net, tmp_path, monkeypatch):
 
 
 def test_export_refuses_unknown_method_and_foreign_folder(tiny_net, tmp_path):
-    with pytest.raises(ValueError, match="every_k, first_latest.*issue 3"):
+    with pytest.raises(ValueError, match="unknown method 'stm'; known: every_k, first_latest"):
+        export_model(tiny_net, tmp_path / "out", method="stm")
+    with pytest.raises(ValueError, match="'rde' needs graph\\(s\\) sam_key, sam_value.*no sam head.*--method rde"):
         export_model(tiny_net, tmp_path / "out", method="rde")
+    with pytest.raises(ValueError, match="'qdmn' needs graph\\(s\\) qam, prior_enhance.*no prior/qam head"):
+        export_model(tiny_net, tmp_path / "out", method="qdmn")
+    assert not (tmp_path / "out").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a vosedge export"):
@@ -125,10 +130,48 @@ def test_cli_exports_a_checkpoint(tiny_net, tmp_path):
     assert m["method"] == "first_latest" and m["resolution"] is None
 
 
+def test_head_graphs_exported_with_parity_and_dynamic_axes(heads_export, heads_net):
+    """All 8 graphs, each head graph equal to its torch module at another size / object count."""
+    m = json.loads((heads_export / "manifest.json").read_text())
+    assert list(m["graphs"]) == [*GRAPHS, *HEAD_GRAPHS]
+    assert set(m["parity"]["heads_max_rel_diff"]) == set(HEAD_GRAPHS)
+    assert all(d <= 1e-3 for d in m["parity"]["heads_max_rel_diff"].values())
+    assert m["policy_defaults"]["rde"] == {"theta": 3, "top_k": 40}
+    assert m["policy_defaults"]["qdmn"] == {"interval": 5, "sigma": 0.8, "beta": 20}
+    assert m["graphs"]["qam"]["outputs"] == {"score": ["N"]}
+    torch.manual_seed(1)
+    h, w, n = 3, 5, 3
+    ck, cv, c16 = 16, 32, heads_net.config["skip_channels"]["f16"]
+    inputs = {"prior_enhance": (torch.randn(1, c16, h, w), torch.rand(1, 1, 16 * h, 16 * w)),
+              "qam": (torch.randn(n, cv, h, w),),
+              "sam_key": (torch.randn(1, ck, h, w), torch.randn(1, ck, h, w)),
+              "sam_value": (torch.randn(n, cv, h, w), torch.randn(n, cv, h, w))}
+    for name, (method, names, outputs, _) in HEAD_GRAPHS.items():
+        sess = ort.InferenceSession(str(heads_export / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        assert [o.name for o in sess.get_outputs()] == outputs
+        got = sess.run(None, {k: v.numpy() for k, v in zip(names, inputs[name])})
+        with torch.no_grad():
+            ref = getattr(heads_net, method)(*inputs[name])
+        for g, r in zip(got, ref if isinstance(ref, tuple) else (ref,)):
+            assert g.shape == tuple(r.shape)
+            np.testing.assert_allclose(g, r.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_head_parity_failure_raises(heads_export, heads_net, square_clip):
+    frames, masks = square_clip(2)
+    with torch.no_grad():
+        heads_net.sam_value.squeeze.bias += 0.5            # torch side no longer matches sam_value.onnx
+        try:
+            with pytest.raises(ParityError, match="sam_value"):
+                check_parity(heads_net, heads_export, [(frames[0], masks[0], frames[1])], 64)
+        finally:
+            heads_net.sam_value.squeeze.bias -= 0.5
+
+
 def test_cli_errors(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(export_cli.main, ["--checkpoint", "x", "--method", "qdmn", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "every_k, first_latest" in result.output and "issue 3" in result.output
+    result = runner.invoke(export_cli.main, ["--checkpoint", "x", "--method", "stm", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "every_k, first_latest" in result.output
     result = runner.invoke(export_cli.main, ["--checkpoint", str(tmp_path / "none.safetensors"),
                                              "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "not found" in result.output

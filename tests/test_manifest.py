@@ -29,7 +29,10 @@ def test_fields(tiny_export):
     assert (m.key_channels, m.value_channels, m.max_objects, m.top_k, m.resolution) == (16, 32, 8, 20, 64)
     assert m.skip_channels == {"f16": 112, "f8": 40, "f4": 24}
     assert set(m.graphs) == set(GRAPH_NAMES) and all(p.is_file() for p in m.graphs.values())
-    assert m.policy_defaults == {"every_k": {"k": 5}, "first_latest": {}, "lfu": {"k": 5, "capacity_frames": 2}}
+    assert m.policy_defaults == {"every_k": {"k": 5}, "first_latest": {}, "lfu": {"k": 5, "capacity_frames": 2},
+                                 "qdmn": {"interval": 5, "sigma": 0.8, "beta": 20},
+                                 "qpm": {"interval": 5, "sigma_m": 0.7, "sigma_en": 0.65},
+                                 "rde": {"theta": 3, "top_k": 40}}
     assert len(m.mean) == len(m.std) == 3
 
 

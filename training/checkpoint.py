@@ -50,3 +50,21 @@ def load_checkpoint(path, map_location="cpu") -> tuple[VOSNetwork, dict]:
     sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(st), device=map_location).items()}
     net.load_state_dict(sd, strict=True)
     return net, meta
+
+
+def load_weights_into(net: VOSNetwork, path) -> None:
+    """Copy the weights of checkpoint ``path`` into ``net`` (e.g. a main-stage model into a
+    network that adds method heads). Every tensor of the checkpoint must exist in ``net`` with
+    the same shape; parameters of ``net`` the checkpoint lacks must all belong to its heads
+    (they keep their fresh initialisation). Raises FileNotFoundError / RuntimeError naming the
+    mismatch."""
+    st, _ = _paths(path)
+    if not st.is_file():
+        raise FileNotFoundError(f"checkpoint file {st} not found")
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(st)).items()}
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    heads = ("prior_enhance.", "qam.", "sam_key.", "sam_value.")
+    stray = [k for k in missing if not k.startswith(heads)]
+    if unexpected or stray:
+        raise RuntimeError(f"checkpoint {st} does not fit this network: unexpected {unexpected[:5]}, "
+                           f"missing non-head tensors {stray[:5]}")

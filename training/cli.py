@@ -17,16 +17,25 @@ import click
               help="Run folder: last.safetensors/.json checkpoints, history.jsonl. Re-running resumes.")
 @click.option("--iterations", type=int, help="Override the config's iteration count.")
 @click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
-def main(config, data, split, out, iterations, threads):
-    """Train the key/value encoders and decoder on 3-frame clips (STCN main training).
+@click.option("--method", type=click.Choice(["every_k", "first_latest", "lfu", "qdmn", "qpm", "rde", "all"]),
+              help="Train the heads this memory method needs (qdmn/qpm: QAM + prior enhancement; rde: SAM "
+                   "with L_UG and L_MC on 5-frame clips; all: every head). Default: the config's network.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False),
+              help="Start from this checkpoint's weights (heads it lacks start fresh). Default: the config's "
+                   "`init`, else ImageNet.")
+def main(config, data, split, out, iterations, threads, method, init):
+    """Train the key/value encoders, decoder and method heads on T-frame clips (STCN main
+    training; RDE-VOS's 5-frame STM + SAM pattern training when the network has SAM).
 
     \b
     Examples:
-      vos-train --config lite --data ../shared/data/davis2016-240p --split train
+      vos-train --config lite --out runs/lite                       # main training from ImageNet
+      vos-train --config heads --out runs/heads                     # + QAM, PE, SAM from runs' lite model
+      vos-train --config lite --method rde --init runs/lite/last.safetensors --out runs/rde
       vos-train --config tiny --data ../shared/data/davis2016-240p --out /tmp/tiny
     Interrupt at any time; the same command resumes from <out>/last.safetensors.
     """
-    from .train import load_config, train
+    from .train import load_config, network_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -35,6 +44,12 @@ def main(config, data, split, out, iterations, threads):
         raise click.UsageError(str(e)) from e
     if iterations:
         cfg["iterations"] = iterations
+    if init:
+        cfg["init"] = init
+    if method:
+        cfg["network"] = network_config(cfg, method)
+        if "sam" in cfg["network"]["heads"]:
+            cfg["num_frames"] = max(cfg["num_frames"], 5)   # RDE-VOS trains on 5-frame clips (Eq. 9)
     pairs = [(d, split) for d in data] or [(d["root"], d["split"]) for d in cfg.get("data", [])]
     if not pairs:
         raise click.UsageError("no training data: give --data ROOT")

@@ -6,8 +6,10 @@ Coverage", NeurIPS 2021), in two configurations (DESIGN.md):
 * ``paper`` — ResNet-50 key encoder (layer3), ResNet-18 value encoder (5-channel conv1),
   C_k = 64, C_v = 512, as in STCN and RDE-VOS.
 
-The four parts match the exported graphs of ``docs/graph-contract.md``:
-``encode_key``, ``encode_value``, ``readout``, ``decode``.
+The four core parts match the exported graphs of ``docs/graph-contract.md``:
+``encode_key``, ``encode_value``, ``readout``, ``decode``; the optional method heads
+(``config["heads"]``, :mod:`training.heads`) add ``enhance`` (prior enhancement), ``score``
+(QAM), ``fold_key``/``fold_value`` (SAM).
 """
 from __future__ import annotations
 
@@ -19,13 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import EfficientNetLite0, ResNetTrunk, load_lite0_imagenet
+from .heads import HEADS, SAM, PriorEnhance, QAMHead
 
 CONFIGS = {
     "lite": {
         "name": "lite", "key_backbone": "efficientnet-lite0", "key_channels": 64,
         "value_channels": 128, "skip_channels": {"f16": 112, "f8": 40, "f4": 24},
         "decoder_channels": [128, 64, 32], "value_encoder_channels": [16, 32, 64, 128],
-        "stride": 16, "max_objects": 16, "top_k": 20,
+        "stride": 16, "max_objects": 16, "top_k": 20, "heads": [],
         # (rgb/255 − mean)/std == (rgb − 127.5)/128, the Lite0 ImageNet normalisation
         "mean": [0.5, 0.5, 0.5], "std": [128 / 255] * 3,
     },
@@ -33,6 +36,7 @@ CONFIGS = {
         "name": "paper", "key_backbone": "resnet50", "key_channels": 64,
         "value_channels": 512, "skip_channels": {"f16": 1024, "f8": 512, "f4": 256},
         "decoder_channels": [512, 256, 256], "stride": 16, "max_objects": 16, "top_k": 20,
+        "heads": [],
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
     },
 }
@@ -46,6 +50,9 @@ def resolve_config(config) -> dict:
         return copy.deepcopy(CONFIGS[config])
     base = resolve_config(config.get("name", "lite"))
     base.update(copy.deepcopy(config))
+    unknown = sorted(set(base["heads"]) - set(HEADS))
+    if unknown:
+        raise ValueError(f"unknown head(s) {unknown}; known: {list(HEADS)}")
     return base
 
 
@@ -192,6 +199,16 @@ class VOSNetwork(nn.Module):
             raise ValueError(f"unknown key backbone {cfg['key_backbone']!r}")
         self.key_proj = conv3x3(skips["f16"], ck)
         self.decoder = Decoder(cv, skips, cfg["decoder_channels"])
+        heads = cfg["heads"]
+        self.prior_enhance = PriorEnhance(skips["f16"]) if "prior" in heads else None
+        self.qam = QAMHead(cv) if "qam" in heads else None
+        self.sam_key = SAM(ck) if "sam" in heads else None
+        self.sam_value = SAM(cv) if "sam" in heads else None
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The method heads this network carries (subset of :data:`training.heads.HEADS`)."""
+        return tuple(self.config["heads"])
 
     # -- the four exported parts -------------------------------------------------------
     def encode_key(self, image):
@@ -237,33 +254,24 @@ class VOSNetwork(nn.Module):
         """readout [N,C_v,h,w], f16/f8/f4 of the query [1,…] → logits [N,1,H,W]."""
         return self.decoder(readout, f16, f8, f4)
 
-    # -- training ------------------------------------------------------------------------
-    def segment_clip(self, frames, first_mask, first_other=None):
-        """Training forward of STCN on a clip: frame 0 (ground truth) is memory; each later
-        frame is segmented from all earlier frames and then written to memory with its own
-        prediction (full softmax over memory, as STCN trains).
+    # -- method heads (graphs prior_enhance, qam, sam_key, sam_value) --------------------
+    def enhance(self, f16, prior):
+        """Prior enhancement (QDMN Eq. 5) of the query feature, then its key: f16 [B,C16,h,w],
+        prior [B,1,H,W] → key [B,C_k,h,w], enhanced f16 [B,C16,h,w]."""
+        f16 = self.prior_enhance(f16, prior)
+        return self.key_proj(f16), f16
 
-        frames [B,T,3,H,W] float32 normalised, first_mask [B,1,H,W] in {0,1}, first_other
-        [B,1,H,W] (other objects) or None → logits [B,T−1,1,H,W] for frames 1..T−1.
-        """
-        b, t = frames.shape[:2]
-        keys, f16, f8, f4 = self.encode_key(frames.flatten(0, 1))
-        unflat = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
-        keys, f16, f8, f4 = map(unflat, (keys, f16, f8, f4))
-        other = torch.zeros_like(first_mask) if first_other is None else first_other
-        enc = lambda i, m: self.value_encoder(frames[:, i], f16[:, i], torch.cat([m, other], 1))  # noqa: E731
-        values = [enc(0, first_mask)]
-        logits = []
-        for i in range(1, t):
-            mk = keys[:, :i].transpose(1, 2).flatten(2)            # [B,C_k,i*h*w]
-            mv = torch.stack(values, 2).flatten(2)                 # [B,C_v,i*h*w]
-            aff = torch.softmax(affinity(mk, keys[:, i].flatten(2)), dim=1)
-            readout = (mv @ aff).view(b, -1, *keys.shape[-2:])
-            lg = self.decoder(readout, f16[:, i], f8[:, i], f4[:, i])  # batch-wise broadcasting
-            logits.append(lg)
-            if i < t - 1:
-                values.append(enc(i, torch.sigmoid(lg)))
-        return torch.stack(logits, 1)
+    def score(self, value):
+        """QAM (QDMN Eq. 1): value [N,C_v,h,w] → predicted mask IoU [N]."""
+        return self.qam(value)
+
+    def fold_key(self, previous, new):
+        """SAM for keys (RDE-VOS Eq. 4–6): [1,C_k,h,w] × 2 → new RDE key [1,C_k,h,w]."""
+        return self.sam_key(previous, new)
+
+    def fold_value(self, previous, new):
+        """SAM for values (RDE-VOS Eq. 4–6): [N,C_v,h,w] × 2 → new RDE values [N,C_v,h,w]."""
+        return self.sam_value(previous, new)
 
 
 def build_network(config="lite", pretrained: bool = True) -> VOSNetwork:

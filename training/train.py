@@ -1,9 +1,13 @@
-"""STCN main-training loop (MiVOS/STCN recipe, scaled to small machines).
+"""STCN training loop (MiVOS/STCN recipe, scaled to small machines), with the method heads.
 
-Per iteration: a batch of 3-frame clips; frame 0 with its ground-truth mask is memory, frames
-1 and 2 are segmented (frame 1 is written to memory with its own prediction); loss =
-bootstrapped BCE on frames 1 and 2 (:mod:`training.losses`). Adam, separate learning rate for
-the trainable part of the ImageNet backbone, frozen BatchNorm, max-skip curriculum.
+Per iteration: a batch of T-frame clips (3 for STCN main training, 5 with SAM as RDE-VOS
+trains); frame 0 with its ground-truth mask is memory, every later frame is segmented and
+written with its own prediction; loss = bootstrapped BCE (:mod:`training.losses`) plus the
+heads' terms (:func:`training.objectives.clip_losses`: QAM MSE, L_UG, L_MC). Adam with three
+learning rates (method heads, the rest, the trainable part of the ImageNet backbone), frozen
+BatchNorm, max-skip curriculum. ``init`` starts from an earlier checkpoint (new heads start
+fresh); prior enhancement runs on a ``prior_prob`` fraction of the batches so the network
+keeps working with and without it.
 Checkpoints ``last.safetensors``/``last.json`` (+ ``last.optim.pt``) every
 ``checkpoint_every`` iterations; a run restarted on the same ``out`` folder resumes.
 """
@@ -20,10 +24,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from .datasets import ClipDataset, load_sequences
-from .losses import bootstrap_fraction, bootstrapped_bce
+from .heads import METHOD_HEADS
+from .losses import bootstrap_fraction
 from .networks import build_network
+from .objectives import clip_losses
+from .static import StaticPseudoVideoDataset
 
 log = logging.getLogger("vosedge.train")
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -64,12 +71,37 @@ def lr_factor(cfg: dict, it: int) -> float:
     return 0.1 if it >= int(cfg["iterations"] * cfg["lr_decay_at"]) else 1.0
 
 
+HEAD_MODULES = ("prior_enhance", "qam", "sam_key", "sam_value")
+
+
+def base_lrs(cfg: dict) -> tuple[float, float, float]:
+    """(rest, backbone, heads) learning rates; ``heads_lr`` defaults to ``lr``."""
+    return cfg["lr"], cfg["backbone_lr"], cfg.get("heads_lr", cfg["lr"])
+
+
 def make_optimizer(net, cfg):
+    """Adam over three groups: the rest, the trainable key-encoder backbone, the method heads."""
     backbone = [p for p in net.key_encoder.parameters() if p.requires_grad]
-    ids = {id(p) for p in net.key_encoder.parameters()}
-    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in ids]
-    return torch.optim.Adam([{"params": rest, "lr": cfg["lr"]},
-                             {"params": backbone, "lr": cfg["backbone_lr"]}])
+    heads = [p for name in HEAD_MODULES if getattr(net, name) is not None
+             for p in getattr(net, name).parameters()]
+    taken = {id(p) for p in net.key_encoder.parameters()} | {id(p) for p in heads}
+    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in taken]
+    lr, backbone_lr, heads_lr = base_lrs(cfg)
+    return torch.optim.Adam([{"params": rest, "lr": lr}, {"params": backbone, "lr": backbone_lr},
+                             {"params": heads, "lr": heads_lr}])
+
+
+def network_config(cfg: dict, method: str | None = None):
+    """The config's ``network`` (a name or a dict) with the heads ``method`` needs
+    (:data:`training.heads.METHOD_HEADS`; ``"all"`` = every head), if given."""
+    net_cfg = cfg["network"]
+    if method is None:
+        return net_cfg
+    if method not in METHOD_HEADS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHOD_HEADS)}")
+    net_cfg = {"name": net_cfg} if isinstance(net_cfg, str) else dict(net_cfg)
+    net_cfg["heads"] = list(METHOD_HEADS[method])
+    return net_cfg
 
 
 def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None = None,
@@ -87,6 +119,9 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
         log.info("resuming %s at iteration %d", last, start)
     else:
         net = build_network(cfg["network"], pretrained=True)
+        if cfg.get("init"):
+            load_weights_into(net, cfg["init"])
+            log.info("initialised from %s (new heads: %s)", cfg["init"], ", ".join(net.heads) or "none")
     freeze(net, cfg["frozen_blocks"])
     opt = make_optimizer(net, cfg)
     optim_path = out / "last.optim.pt"
@@ -94,9 +129,13 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
         opt.load_state_dict(torch.load(optim_path, weights_only=True))
 
     seqs = [s for root, split in data for s in load_sequences(root, split)]
-    ds = ClipDataset(seqs, crop=cfg["crop"], num_frames=cfg["num_frames"],
-                     mean=net.config["mean"], std=net.config["std"],
-                     length=cfg["iterations"] * cfg["batch_size"], seed=cfg["seed"])
+    kind = cfg.get("dataset", "clips")
+    if kind not in ("clips", "static"):
+        raise ValueError(f"config dataset must be 'clips' or 'static', got {kind!r}")
+    common = dict(crop=cfg["crop"], num_frames=cfg["num_frames"], mean=net.config["mean"], std=net.config["std"],
+                  length=cfg["iterations"] * cfg["batch_size"], seed=cfg["seed"])
+    ds = (StaticPseudoVideoDataset(seqs, **common, **cfg.get("static", {})) if kind == "static"
+          else ClipDataset(seqs, **common))
     bs = cfg["batch_size"]
     boot = cfg["bootstrap"]
     history = []
@@ -106,32 +145,59 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     bar = tqdm(range(start, cfg["iterations"]), initial=start, total=cfg["iterations"],
                desc="vos-train", disable=not progress, dynamic_ncols=True)
     t0 = time.time()
+    prior_prob = cfg.get("prior_prob", 0.5) if "prior" in net.heads else 0.0
     for it in bar:
         ds.max_skip = max_skip_at(cfg, it)
         batch = [ds[it * bs + j] for j in range(bs)]
         frames = torch.from_numpy(np.stack([b["frames"] for b in batch]))
         masks = torch.from_numpy(np.stack([b["masks"] for b in batch]))
         others = torch.from_numpy(np.stack([b["others"] for b in batch]))
-        logits = net.segment_clip(frames, masks[:, 0], others[:, 0])
         frac = bootstrap_fraction(it, int(boot["warm_start"] * cfg["iterations"]),
                                   int(boot["warm_end"] * cfg["iterations"]), boot["top_p"])
-        loss = bootstrapped_bce(logits.flatten(0, 1), masks[:, 1:].flatten(0, 1), frac)
+        gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + it)
+        use_prior = bool(torch.rand(1, generator=gen) < prior_prob)
+        losses = clip_losses(net, frames, masks, others, frac, use_prior=use_prior, generator=gen)
+        loss = losses["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for group, base in zip(opt.param_groups, (cfg["lr"], cfg["backbone_lr"])):
+        for group, base in zip(opt.param_groups, base_lrs(cfg)):
             group["lr"] = base * lr_factor(cfg, it)
         opt.step()
-        with torch.no_grad():
-            pred = logits > 0
-            gt = masks[:, 1:] > 0.5
-            iou = ((pred & gt).sum((2, 3, 4)).float() / (pred | gt).sum((2, 3, 4)).clamp(min=1)).mean()
-        history.append({"iteration": it + 1, "loss": loss.item(), "iou": float(iou),
-                        "max_skip": ds.max_skip, "bootstrap": frac, "seconds": time.time() - t0})
-        bar.set_postfix(loss=f"{loss.item():.3f}", iou=f"{float(iou):.2f}", skip=ds.max_skip)
+        record = {"iteration": it + 1, **{k: float(v.detach()) for k, v in losses.items()},
+                  "max_skip": ds.max_skip, "bootstrap": frac, "prior": use_prior, "seconds": time.time() - t0}
+        history.append(record)
+        bar.set_postfix(loss=f"{loss.item():.3f}", iou=f"{record['iou']:.2f}", skip=ds.max_skip)
         if (it + 1) % cfg["checkpoint_every"] == 0 or it + 1 == cfg["iterations"]:
             save_checkpoint(last, net, {"iteration": it + 1, "train_config": cfg})
             torch.save(opt.state_dict(), optim_path)
             with hist_path.open("a") as fh:
                 fh.writelines(json.dumps(h) + "\n" for h in history)
             history.clear()
+            if cfg.get("val_every") and ((it + 1) % cfg["val_every"] == 0 or it + 1 == cfg["iterations"]):
+                validate(net, cfg, out, it + 1)
+            report_curves(out)
     return last
+
+
+def validate(net, cfg: dict, out: Path, iteration: int) -> dict:
+    """Held-in J&F of ``net`` per ``cfg["val"]`` (:func:`training.validate.heldin_jf`),
+    appended to ``<out>/val.jsonl``."""
+    from .validate import heldin_jf
+
+    result = heldin_jf(net, **cfg.get("val", {}))
+    record = {"iteration": iteration, **{k: result[k] for k in ("jf", "j", "f", "frames", "seconds")}}
+    with (out / "val.jsonl").open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    log.info("iteration %d: held-in J&F %.1f (%d frames, %.0f s)", iteration, result["jf"], result["frames"],
+             result["seconds"])
+    return record
+
+
+def report_curves(out: Path) -> None:
+    """Redraw ``<out>/loss.png`` from history.jsonl (+ val.jsonl); skipped without matplotlib."""
+    try:
+        from .plots import plot_history
+
+        plot_history(out / "history.jsonl", out / "loss.png", out / "val.jsonl")
+    except ImportError as exc:
+        log.warning("loss curves not drawn (%s)", exc)
