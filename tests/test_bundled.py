@@ -23,6 +23,9 @@ def test_bundled_export_is_complete_and_matches_its_checkpoint_config():
     assert manifest.config == cfg["name"] == "lite"
     assert (manifest.key_channels, manifest.value_channels) == (cfg["key_channels"], cfg["value_channels"])
     assert manifest.method == "every_k"
+    assert set(manifest.graphs) == {"key_encoder", "value_encoder", "readout", "decoder", "prior_enhance", "qam",
+                                    "sam_key", "sam_value"}                   # every policy runs on it
+    assert sorted(cfg["heads"]) == ["prior", "qam", "sam"]
 
 
 @needs_data
@@ -38,15 +41,17 @@ def test_bundled_graphs_match_the_checkpoint_on_real_frames():
 
 
 @needs_data
-def test_bundled_model_tracks_a_real_object():
-    """blackswan, 240p, 20 frames from the first mask: the swan is still found (IoU > 0.8)."""
+@pytest.mark.parametrize("method", ["every_k", "first_latest", "lfu", "qdmn", "qpm", "rde"])
+def test_bundled_model_tracks_a_real_object(method):
+    """blackswan, 240p, 20 frames from the first mask: the swan is still found (IoU > 0.8) by
+    every memory policy on the bundled model (QAM, prior enhancement and SAM included)."""
     from benchmarks.common import read_ground_truth
     from sdk.davis import davis_sequence_dirs
     from sdk.io import iter_frames, list_frames
 
     frames_dir, masks_dir = davis_sequence_dirs(DATA / "davis2016-240p", "blackswan")
     gt = read_ground_truth(masks_dir, list_frames(frames_dir)[:20])
-    seg = sdk.Segmenter(providers="cpu", resolution=240)
+    seg = sdk.Segmenter(method=method, providers="cpu", resolution=240)
     for t, ((_, rgb), mask) in enumerate(zip(iter_frames(frames_dir), gt)):
         out = seg.step(rgb, mask if t == 0 else None)
     inter, union = np.logical_and(out == 1, gt[-1] == 1).sum(), np.logical_or(out == 1, gt[-1] == 1).sum()

@@ -107,12 +107,13 @@ def test_clip_losses_follow_rdes_schedule_and_reach_every_head(monkeypatch):
     folds = []
     fold_key = net.fold_key
     monkeypatch.setattr(net, "fold_key", lambda prev, new: folds.append(new) or fold_key(prev, new))
-    losses = clip_losses(net, *clip(), bootstrap=1.0, use_prior=True)
+    losses = clip_losses(net, *clip(), bootstrap=1.0, use_prior=True, norm_weight=0.5)
     # frames 2 and 4 (0-based) read the SAM pattern bank: RDE ← SAM(first, f1), then SAM(SAM(·, f2), f3)
     assert len(folds) == 3
-    for name in ("loss_seg", "loss_ug", "loss_mc", "loss_qam"):
+    for name in ("loss_seg", "loss_ug", "loss_mc", "loss_qam", "loss_norm"):
         assert torch.isfinite(losses[name]) and losses[name].item() > 0, name
-    total = losses["loss_seg"] + 10 * losses["loss_ug"] + 10 * losses["loss_mc"] + losses["loss_qam"]
+    total = (losses["loss_seg"] + 10 * losses["loss_ug"] + 10 * losses["loss_mc"] + losses["loss_qam"]
+             + 0.5 * losses["loss_norm"])
     torch.testing.assert_close(losses["loss"], total)
     losses["loss"].backward()
     for head in ("prior_enhance", "qam", "sam_key", "sam_value"):
@@ -125,6 +126,7 @@ def test_clip_losses_without_heads_is_stcn_main_training():
     net = build_network(TINY_CONFIG, pretrained=False)
     losses = clip_losses(net, *clip(t=3), bootstrap=1.0)
     assert losses["loss_ug"].item() == losses["loss_mc"].item() == losses["loss_qam"].item() == 0
+    assert losses["loss_norm"].item() == 0
     torch.testing.assert_close(losses["loss"], losses["loss_seg"])
     assert 0 <= losses["iou"].item() <= 1
 
@@ -141,6 +143,26 @@ def test_main_stage_weights_load_into_a_network_with_heads(tmp_path):
         load_weights_into(other, ckpt)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_weights_into(heads, tmp_path / "none.safetensors")
+
+
+def test_fresh_modules_and_trainable_subset(tmp_path):
+    """init_fresh keeps a head at its initial state; trainable freezes everything else."""
+    from training.train import freeze, make_optimizer
+
+    torch.manual_seed(0)
+    trained = build_network({**TINY_CONFIG, "heads": ["sam"]}, pretrained=False)
+    randomise(trained.sam_key)
+    ckpt = save_checkpoint(tmp_path / "trained", trained)
+    net = build_network({**TINY_CONFIG, "heads": ["sam"]}, pretrained=False)
+    load_weights_into(net, ckpt, fresh=["sam_key"])
+    assert torch.count_nonzero(net.sam_key.w_z.weight) == 0                       # initial state
+    torch.testing.assert_close(net.sam_value.squeeze.weight, trained.sam_value.squeeze.weight)
+    freeze(net, 5, ["sam_key", "sam_value"])
+    assert {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad} == {"sam_key", "sam_value"}
+    opt = make_optimizer(net, {"lr": 0.0, "backbone_lr": 0.0, "heads_lr": 1e-4})
+    assert [len(g["params"]) for g in opt.param_groups] == [0, 0, len(list(net.sam_key.parameters())) * 2]
+    with pytest.raises(ValueError, match="lacks"):
+        freeze(net, 5, ["qam"])
 
 
 def test_unknown_head_is_refused():

@@ -22,9 +22,10 @@ SCRIPT = textwrap.dedent("""
     frame[30:60, 40:70] = 255
     mask = np.zeros((96, 128), np.uint8)
     mask[30:60, 40:70] = 1
-    seg = sdk.Segmenter(sys.argv[1] or None, providers="cpu")   # "" = the bundled default model
-    first, second = seg.step(frame, mask), seg.step(frame)
-    assert first.shape == second.shape == (96, 128), (first.shape, second.shape)
+    for method in sys.argv[2].split(","):                          # every policy the export allows
+        seg = sdk.Segmenter(sys.argv[1] or None, method=method, providers="cpu")   # "" = bundled model
+        outs = [seg.step(frame, mask)] + [seg.step(frame) for _ in range(5)]     # rde folds at t = 3
+        assert all(o.shape == (96, 128) for o in outs), method
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx"))
     assert not leaked, leaked
     print("ok", seg.providers)
@@ -35,7 +36,8 @@ SCRIPT = textwrap.dedent("""
 def test_sdk_runs_without_torch_or_onnx(model, request):
     root = Path(__file__).resolve().parents[1]
     folder = str(request.getfixturevalue("tiny_export")) if model == "tiny" else ""
-    result = subprocess.run([sys.executable, "-c", SCRIPT, folder], cwd=root,
+    methods = "every_k,first_latest,lfu" + (",qdmn,qpm,rde" if model == "bundled" else "")
+    result = subprocess.run([sys.executable, "-c", SCRIPT, folder, methods], cwd=root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")

@@ -26,7 +26,7 @@ def save_checkpoint(path, net: VOSNetwork, state: dict | None = None, half: bool
     .safetensors path."""
     st, js = _paths(path)
     st.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).cpu().contiguous()
                for k, v in net.state_dict().items()}
     save_file(tensors, str(st) + ".tmp")
     os.chmod(str(st) + ".tmp", 0o644)            # safetensors creates it owner-only
@@ -52,16 +52,18 @@ def load_checkpoint(path, map_location="cpu") -> tuple[VOSNetwork, dict]:
     return net, meta
 
 
-def load_weights_into(net: VOSNetwork, path) -> None:
+def load_weights_into(net: VOSNetwork, path, fresh=()) -> None:
     """Copy the weights of checkpoint ``path`` into ``net`` (e.g. a main-stage model into a
     network that adds method heads). Every tensor of the checkpoint must exist in ``net`` with
     the same shape; parameters of ``net`` the checkpoint lacks must all belong to its heads
-    (they keep their fresh initialisation). Raises FileNotFoundError / RuntimeError naming the
-    mismatch."""
+    (they keep their fresh initialisation), as do the modules named in ``fresh`` (e.g.
+    ``["sam_key", "sam_value"]``: retrain them from scratch). Raises FileNotFoundError /
+    RuntimeError naming the mismatch."""
     st, _ = _paths(path)
     if not st.is_file():
         raise FileNotFoundError(f"checkpoint file {st} not found")
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(st)).items()}
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(st)).items()
+          if k.split(".")[0] not in fresh}
     missing, unexpected = net.load_state_dict(sd, strict=False)
     heads = ("prior_enhance.", "qam.", "sam_key.", "sam_value.")
     stray = [k for k in missing if not k.startswith(heads)]

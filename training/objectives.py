@@ -20,6 +20,11 @@ SAM-pattern frames + γ·L_MC + λ_QAM·L_QAM, with μ = γ = 10 (RDE-VOS §4.2)
 * L_MC (Eq. 8): KL(k_1 ‖ ǩ_1) + KL(v_1 ‖ v̌_1) between the first frame's embedding with its
   ground-truth mask and with a randomly dilated or eroded mask (the key term is non-zero only
   through prior enhancement, the one path from a mask to a key here).
+* L_norm (ours, weight ``norm_weight``, 0 = off): (log(‖k^RDE‖² / ‖k^L‖²))², mean over the
+  key folds — the RDE key's mean squared norm against the new memory frame's. The readout's
+  affinity −‖k_m‖² lets a SAM that inflates the RDE key switch the RDE off (it gets no
+  attention, hence no gradient), and the recurrence then grows it without bound (4 → 22 →
+  650 → … → inf within 15 folds on DAVIS); this keeps the RDE on the keys' scale.
 * L_QAM (QDMN Eq. 2): MSE between QAM's score of each encoded mask (the network's own soft
   predictions and the perturbed first-frame masks, so that targets spread over [0, 1]) and
   its IoU with the ground truth (binarised at 0.5).
@@ -84,7 +89,7 @@ def full_readout(mem_keys: torch.Tensor, mem_values: torch.Tensor, query_key: to
 
 
 def clip_losses(net, frames, masks, others, bootstrap: float, use_prior: bool = False,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None, norm_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """Forward a batch of clips through the STM and (with SAM) SAM pattern banks → losses.
 
     frames [B,T,3,H,W] float32 normalised, masks/others [B,T,1,H,W] in {0,1} (target object,
@@ -112,7 +117,7 @@ def clip_losses(net, frames, masks, others, bootstrap: float, use_prior: bool = 
     fg0 = torch.maximum(masks[:, 0], others[:, 0])
     k0, e0 = key_of(0, fg0)
     v0 = encode(0, e0, masks[:, 0])
-    losses = {"loss_seg": zero, "loss_ug": zero, "loss_mc": zero, "loss_qam": zero}
+    losses = {"loss_seg": zero, "loss_ug": zero, "loss_mc": zero, "loss_qam": zero, "loss_norm": zero}
     scored, targets = [], []
 
     # self-correction (Eq. 8) and QAM on perturbed first-frame masks
@@ -124,12 +129,12 @@ def clip_losses(net, frames, masks, others, bootstrap: float, use_prior: bool = 
             losses["loss_mc"] = feature_kl(k0, kb) + feature_kl(v0, vb)
         if "qam" in heads:
             scored += [net.score(vb), net.score(v0)]
-            targets += [mask_iou(bad, masks[:, 0]), torch.ones(b)]
+            targets += [mask_iou(bad, masks[:, 0]), torch.ones(b, device=frames.device)]
 
     stm_k, stm_v = [k0.flatten(2)], [v0.flatten(2)]
     rde = (k0, v0)
     folded = 1                                  # memory frames folded into the RDE so far
-    seg, ious, ug = [], [], []
+    seg, ious, ug, norms = [], [], [], []
     prior = fg0
     for i in range(1, t):
         ki, ei = key_of(i, prior)
@@ -139,6 +144,7 @@ def clip_losses(net, frames, masks, others, bootstrap: float, use_prior: bool = 
             for j in range(folded, i):
                 rk = net.fold_key(rk, stm_k[j].view_as(k0))
                 rv = net.fold_value(rv, stm_v[j].view_as(v0))
+                norms.append(torch.log(rk.pow(2).sum(1).mean() / stm_k[j].detach().pow(2).sum(1).mean()) ** 2)
             rde, folded = (rk, rv), i
             latest = (stm_k[i - 1], stm_v[i - 1])
             mk = torch.cat([rk.flatten(2), latest[0], stm_k[0], stm_k[0]], 2)
@@ -162,9 +168,10 @@ def clip_losses(net, frames, masks, others, bootstrap: float, use_prior: bool = 
     losses["loss_seg"] = torch.stack(seg).mean()
     if ug:
         losses["loss_ug"] = torch.stack(ug).mean()
+        losses["loss_norm"] = torch.stack(norms).mean()
     if scored:
         losses["loss_qam"] = F.mse_loss(torch.cat(scored), torch.cat(targets))
     losses["loss"] = (losses["loss_seg"] + MU_UG * losses["loss_ug"] + GAMMA_MC * losses["loss_mc"]
-                      + losses["loss_qam"])
+                      + losses["loss_qam"] + norm_weight * losses["loss_norm"])
     losses["iou"] = torch.cat(ious).mean()
     return losses

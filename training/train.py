@@ -7,7 +7,9 @@ heads' terms (:func:`training.objectives.clip_losses`: QAM MSE, L_UG, L_MC). Ada
 learning rates (method heads, the rest, the trainable part of the ImageNet backbone), frozen
 BatchNorm, max-skip curriculum. ``init`` starts from an earlier checkpoint (new heads start
 fresh); prior enhancement runs on a ``prior_prob`` fraction of the batches so the network
-keeps working with and without it.
+keeps working with and without it. On a CUDA machine (``device``: default cuda when available)
+the forward runs under bfloat16 autocast (``amp``, default on: mixed precision, no loss
+scaling needed); on the CPU in float32.
 Checkpoints ``last.safetensors``/``last.json`` (+ ``last.optim.pt``) every
 ``checkpoint_every`` iterations; a run restarted on the same ``out`` folder resumes.
 """
@@ -52,8 +54,17 @@ def max_skip_at(cfg: dict, it: int) -> int:
     return cfg["skip_values"][bisect.bisect_right(cfg["skip_fractions"], it / cfg["iterations"])]
 
 
-def freeze(net, frozen_blocks: int):
-    """Freeze every BatchNorm (statistics and affine) and the backbone stem + first blocks."""
+def freeze(net, frozen_blocks: int, trainable: list[str] | None = None):
+    """Freeze every BatchNorm (statistics and affine) and the backbone stem + first blocks;
+    with ``trainable`` (top-level module names, e.g. ``["sam_key", "sam_value"]``) everything
+    else too."""
+    if trainable:
+        unknown = [name for name in trainable if getattr(net, name, None) is None]
+        if unknown:
+            raise ValueError(f"config trainable names module(s) this network lacks: {unknown}")
+        keep = {id(p) for name in trainable for p in getattr(net, name).parameters()}
+        for p in net.parameters():
+            p.requires_grad_(id(p) in keep)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
@@ -83,7 +94,7 @@ def make_optimizer(net, cfg):
     """Adam over three groups: the rest, the trainable key-encoder backbone, the method heads."""
     backbone = [p for p in net.key_encoder.parameters() if p.requires_grad]
     heads = [p for name in HEAD_MODULES if getattr(net, name) is not None
-             for p in getattr(net, name).parameters()]
+             for p in getattr(net, name).parameters() if p.requires_grad]
     taken = {id(p) for p in net.key_encoder.parameters()} | {id(p) for p in heads}
     rest = [p for p in net.parameters() if p.requires_grad and id(p) not in taken]
     lr, backbone_lr, heads_lr = base_lrs(cfg)
@@ -120,9 +131,13 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     else:
         net = build_network(cfg["network"], pretrained=True)
         if cfg.get("init"):
-            load_weights_into(net, cfg["init"])
+            load_weights_into(net, cfg["init"], fresh=cfg.get("init_fresh", ()))
             log.info("initialised from %s (new heads: %s)", cfg["init"], ", ".join(net.heads) or "none")
-    freeze(net, cfg["frozen_blocks"])
+    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net.to(device)
+    amp = device.type == "cuda" and cfg.get("amp", True)
+    log.info("training on %s%s", device, " with bfloat16 autocast" if amp else "")
+    freeze(net, cfg["frozen_blocks"], cfg.get("trainable"))
     opt = make_optimizer(net, cfg)
     optim_path = out / "last.optim.pt"
     if start and optim_path.exists():
@@ -141,7 +156,7 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     history = []
     hist_path = out / "history.jsonl"
     net.train()
-    freeze(net, cfg["frozen_blocks"])  # BN back to eval after .train()
+    freeze(net, cfg["frozen_blocks"], cfg.get("trainable"))  # BN back to eval after .train()
     bar = tqdm(range(start, cfg["iterations"]), initial=start, total=cfg["iterations"],
                desc="vos-train", disable=not progress, dynamic_ncols=True)
     t0 = time.time()
@@ -149,14 +164,15 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     for it in bar:
         ds.max_skip = max_skip_at(cfg, it)
         batch = [ds[it * bs + j] for j in range(bs)]
-        frames = torch.from_numpy(np.stack([b["frames"] for b in batch]))
-        masks = torch.from_numpy(np.stack([b["masks"] for b in batch]))
-        others = torch.from_numpy(np.stack([b["others"] for b in batch]))
+        frames, masks, others = (torch.from_numpy(np.stack([b[k] for b in batch])).to(device)
+                                 for k in ("frames", "masks", "others"))
         frac = bootstrap_fraction(it, int(boot["warm_start"] * cfg["iterations"]),
                                   int(boot["warm_end"] * cfg["iterations"]), boot["top_p"])
         gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + it)
         use_prior = bool(torch.rand(1, generator=gen) < prior_prob)
-        losses = clip_losses(net, frames, masks, others, frac, use_prior=use_prior, generator=gen)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            losses = clip_losses(net, frames, masks, others, frac, use_prior=use_prior, generator=gen,
+                                 norm_weight=cfg.get("rde_norm_weight", 0.0))
         loss = losses["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
