@@ -165,6 +165,21 @@ def test_fresh_modules_and_trainable_subset(tmp_path):
         freeze(net, 5, ["qam"])
 
 
+def test_compose_keeps_the_core_of_one_checkpoint_and_the_heads_of_another(tmp_path):
+    from training.compose import compose
+
+    torch.manual_seed(0)
+    core = build_network(TINY_CONFIG, pretrained=False)
+    heads = build_network({**TINY_CONFIG, "heads": ["qam", "sam"]}, pretrained=False)
+    randomise(heads.decoder)
+    randomise(heads.sam_key)
+    net = compose(tmp_path / "out", save_checkpoint(tmp_path / "core", core), save_checkpoint(tmp_path / "heads", heads))
+    torch.testing.assert_close(net.decoder.pred.weight, core.decoder.pred.weight)
+    torch.testing.assert_close(net.sam_key.w_z.weight, heads.sam_key.w_z.weight)
+    meta = json.loads((tmp_path / "out.json").read_text())
+    assert meta["dtype"] == "float16" and meta["state"]["core"].endswith("core.safetensors")
+
+
 def test_unknown_head_is_refused():
     with pytest.raises(ValueError, match="unknown head"):
         build_network({**TINY_CONFIG, "heads": ["stm"]}, pretrained=False)
@@ -177,7 +192,7 @@ def test_vos_train_method_rde_trains_sam_on_5_frame_clips(tmp_path):
     from training.cli import main
 
     args = ["--config", "tiny", "--data", str(DATA / "davis2017-240p"), "--out", str(tmp_path),
-            "--method", "rde", "--iterations", "2"]
+            "--method", "rde", "--iterations", "2", "--publish", str(tmp_path / "pub" / "w.safetensors")]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "last.json").read_text())
@@ -185,3 +200,7 @@ def test_vos_train_method_rde_trains_sam_on_5_frame_clips(tmp_path):
     hist = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 2 and all(h["loss_ug"] > 0 and h["loss_mc"] > 0 and h["loss_qam"] == 0 for h in hist)
     assert all(np.isfinite(h["loss"]) for h in hist)
+    from safetensors.torch import load_file
+    published = load_file(str(tmp_path / "pub" / "w.safetensors"))
+    assert all(v.dtype == torch.float16 for v in published.values() if v.is_floating_point())
+    assert any(k.startswith("sam_value.") for k in published)

@@ -23,7 +23,10 @@ import click
 @click.option("--init", type=click.Path(exists=True, dir_okay=False),
               help="Start from this checkpoint's weights (heads it lacks start fresh). Default: the config's "
                    "`init`, else ImageNet.")
-def main(config, data, split, out, iterations, threads, method, init):
+@click.option("--publish", type=click.Path(dir_okay=False), metavar="FILE",
+              help="When the run ends, also write its weights as fp16 FILE (.safetensors + .json), e.g. "
+                   "training/weights/lite.safetensors for the bundled model.")
+def main(config, data, split, out, iterations, threads, method, init, publish):
     """Train the key/value encoders, decoder and method heads on T-frame clips (STCN main
     training; RDE-VOS's 5-frame STM + SAM pattern training when the network has SAM).
 
@@ -46,6 +49,8 @@ def main(config, data, split, out, iterations, threads, method, init):
         cfg["iterations"] = iterations
     if init:
         cfg["init"] = init
+    if publish:
+        cfg["publish"] = publish
     if method:
         cfg["network"] = network_config(cfg, method)
         if "sam" in cfg["network"]["heads"]:

@@ -192,6 +192,10 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
             if cfg.get("val_every") and ((it + 1) % cfg["val_every"] == 0 or it + 1 == cfg["iterations"]):
                 validate(net, cfg, out, it + 1)
             report_curves(out)
+    if cfg.get("publish"):      # the stage's result as fp16 weights (e.g. the bundled model)
+        _, meta = load_checkpoint(last)
+        save_checkpoint(cfg["publish"], net, meta["state"], half=True)
+        log.info("published fp16 weights to %s", cfg["publish"])
     return last
 
 
