@@ -29,6 +29,7 @@ from sdk.io import iter_frames, list_frames, read_mask
 from sdk.ops import Geometry, channel_argmax, one_hot, sigmoid, soft_aggregate
 
 
+@torch.no_grad()
 def segment_sequence(net, frames: Iterable[np.ndarray], masks: Iterable[np.ndarray | None],
                      resolution: int | None = 240, every: int = 5, top_k: int | None = 20) -> Iterator[np.ndarray]:
     """Segment a video with the torch network; yield one label map uint8 [H,W] per frame.
