@@ -111,3 +111,19 @@ def channel_argmax(x: np.ndarray) -> np.ndarray:
 def one_hot(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
     """uint8 label map [H,W], label values [N] → float32 [N,H,W] with 1 where labels == values[i]."""
     return (labels[None] == np.asarray(values, np.uint8)[:, None, None]).astype(np.float32)
+
+
+def merge_given(prob: np.ndarray | None, given_map: np.ndarray, given_idx: list[int], given: list[int],
+                num_objects: int) -> np.ndarray:
+    """Per-object probabilities of a frame with a user-given mask (XMem-style merge).
+
+    prob float32 [N_mem,Hp,Wp] predicted for the N_mem objects memory holds (None: no
+    prediction), given_map uint8 label map [Hp,Wp], given_idx the object indices of the given
+    labels ``given`` → float32 [num_objects,Hp,Wp]: the given objects are one-hot from the map,
+    the others keep their prediction except where the map gives an object."""
+    probs = np.zeros((num_objects, *given_map.shape), np.float32)
+    if prob is not None:
+        probs[:len(prob)] = prob
+        probs[:, given_map > 0] = 0
+    probs[given_idx] = one_hot(given_map, given)
+    return probs

@@ -9,7 +9,7 @@ import numpy as np
 from .bank import MemoryBank
 from .errors import InputError, ManifestError
 from .manifest import GRAPH_NAMES, Manifest, resolve_model
-from .ops import Geometry, channel_argmax, one_hot, sigmoid, soft_aggregate
+from .ops import Geometry, channel_argmax, merge_given, sigmoid, soft_aggregate
 from .policies import MemoryPolicy, Write, make_policy
 from .runtime import Graphs
 
@@ -182,14 +182,7 @@ class Segmenter:
         given_idx = [self._labels.index(label) for label in given]
         t4 = perf_counter()
 
-        if mask is not None:
-            probs = np.zeros((len(self._labels), geo.padded_h, geo.padded_w), np.float32)
-            if prob is not None:
-                probs[:len(prob)] = prob
-                probs[:, given_map > 0] = 0
-            probs[given_idx] = one_hot(given_map, given)
-        else:
-            probs = prob
+        probs = prob if mask is None else merge_given(prob, given_map, given_idx, given, len(self._labels))
         agg = soft_aggregate(probs)                                   # [N+1,Hp,Wp]
         full = geo.to_input(agg)                                      # [N+1,H,W]
         if mask is None:

@@ -26,7 +26,7 @@ import torch
 from benchmarks.metrics import VOID, evaluate_sequence, prompts, summarize
 from sdk.davis import davis_sequence_dirs, read_split
 from sdk.io import iter_frames, list_frames, read_mask
-from sdk.ops import Geometry, channel_argmax, one_hot, sigmoid, soft_aggregate
+from sdk.ops import Geometry, channel_argmax, merge_given, sigmoid, soft_aggregate
 
 
 @torch.no_grad()
@@ -80,13 +80,7 @@ def segment_sequence(net, frames: Iterable[np.ndarray], masks: Iterable[np.ndarr
 
         if mask is not None:
             given_map = geo.label_map(mask)
-            probs = np.zeros((len(labels), geo.padded_h, geo.padded_w), np.float32)
-            if prob is not None:
-                probs[:len(prob)] = prob
-                probs[:, given_map > 0] = 0
-            probs[given_idx] = one_hot(given_map, given)
-        else:
-            probs = prob
+        probs = prob if mask is None else merge_given(prob, given_map, given_idx, given, len(labels))
         agg = soft_aggregate(probs)
         full = geo.to_input(agg)
         if mask is None:
