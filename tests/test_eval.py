@@ -1,5 +1,6 @@
-"""vos-eval and vos-bench on a tiny synthetic DAVIS-layout data set with injected segmenters,
-whose scores follow from the metric; then the real sdk on real DAVIS frames."""
+"""vos-eval on a tiny synthetic DAVIS-layout data set with injected segmenters,
+whose scores follow from the metric; then the real sdk on real DAVIS frames (vos-bench:
+tests/test_bench.py)."""
 
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from fake_segmenter import CopyFirstSegmenter, OracleSegmenter
 from PIL import Image
 
-from benchmarks import bench, eval as vos_eval
+from benchmarks import eval as vos_eval
 from benchmarks.common import prompts
 from benchmarks.metrics import evaluate_sequence, summarize
 from sdk import cli
@@ -100,28 +101,6 @@ def test_prompts_give_each_object_once_without_void():
     gt = [np.array([[1, 255]]), np.array([[1, 2]]), np.array([[3, 2]])]
     masks = prompts(gt)
     assert masks[0].tolist() == [[1, 0]] and masks[1].tolist() == [[0, 2]] and masks[2].tolist() == [[3, 0]]
-
-
-def test_ping_pong_plays_forward_then_backward():
-    assert bench.ping_pong(4, 2) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1]
-
-
-def test_bench_reports_per_method_and_length(tmp_path, monkeypatch):
-    make_dataset(tmp_path / "data")
-    built = []
-    monkeypatch.setattr(cli, "make_segmenter", lambda *options: built.append(options) or CopyFirstSegmenter())
-    args = ["--data", tmp_path / "data", "--sequence", "both", "--methods", "every_k,first_latest",
-            "--lengths", "1,2", "--json", tmp_path / "b.json"]
-    result = CliRunner().invoke(bench.main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "b.json").read_text())
-    assert [(r["method"], r["length"], r["frames"]) for r in report["results"]] == [
-        ("every_k", 1, 10), ("every_k", 2, 20), ("first_latest", 1, 10), ("first_latest", 2, 20)]
-    assert [options[1] for options in built] == ["every_k", "first_latest"]
-    first = report["results"][0]
-    assert set(first["latency_ms"]) == {"p50", "p90", "p99"} and first["fps"] > 0
-    assert first["peak_rss_bytes"] > 0 and 0 < first["jf"] < 100
-    assert "cpu" in report["machine"]
 
 
 # --- the real sdk.Segmenter on real DAVIS frames -----------------------------------------------

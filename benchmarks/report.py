@@ -1,0 +1,113 @@
+"""vos-bench's human-readable outputs: a markdown table for the README and matplotlib PNG
+plots (fps, memory and J&F against video length, one line per method)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+PLOTS = ("fps_vs_length.png", "memory_vs_length.png", "jf_vs_length.png")
+MIB = 2 ** 20
+
+
+def _mib(n) -> str:
+    return "–" if n is None else f"{n / MIB:.1f} MiB"
+
+
+def _num(x, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _length(x) -> str:
+    return str(x) if isinstance(x, int) else f"{x:.2f}"
+
+
+def measured(results: Sequence[dict]) -> list[dict]:
+    """The results that hold measurements (not ``skipped``)."""
+    return [r for r in results if "skipped" not in r]
+
+
+def markdown_table(results: Sequence[dict]) -> str:
+    """GitHub markdown table of vos-bench results (the JSON's ``results``), one row per
+    method and length in the given order; a skipped method gets one row saying why."""
+    rows = ["| method | L | frames | fps | p50 latency | p90 | p99 | bank | peak RSS | J&F |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "skipped" in r:
+            reason = " ".join(str(r["skipped"]).split()).replace("|", "\\|")
+            rows.append(f"| `{r['method']}` | – | – | skipped: {reason} | | | | | | |")
+            continue
+        lat = r["latency_ms"]
+        rows.append(f"| `{r['method']}` | {_length(r['length'])} | {r['frames']} | {r['fps']:.1f} | "
+                    f"{lat['p50']:.1f} ms | {lat['p90']:.1f} ms | {lat['p99']:.1f} ms | {_mib(r['bank_bytes'])} | "
+                    f"{_mib(r['peak_rss_bytes'])} | {_num(r['jf'], '.1f')} |")
+    return "\n".join(rows) + "\n"
+
+
+def plot(results: Sequence[dict], out: str | Path, title: str = "") -> list[Path]:
+    """Write fps_vs_length.png, memory_vs_length.png (memory bank and peak RSS, MiB) and
+    jf_vs_length.png into folder `out`: x = video length in forward+backward units, one line
+    per method. Log x when the lengths span 10× or more; log y for the bank. → the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = measured(results)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lengths = [r["length"] for r in rows]
+    log_x = bool(lengths) and min(lengths) > 0 and max(lengths) / min(lengths) >= 10
+
+    def series(method, key):
+        pts = sorted((r["length"], key(r)) for r in rows if r["method"] == method and key(r) is not None)
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    ticks = sorted(set(lengths))
+
+    def finish(fig, ax, ylabel, name):
+        for a in ax if isinstance(ax, (list, tuple)) else [ax]:
+            a.set_xlabel("video length L (forward+backward units)")
+            if log_x:
+                a.set_xscale("log")
+            if 0 < len(ticks) <= 12:
+                a.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                a.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            a.grid(True, alpha=0.3)
+            a.legend(fontsize=8)
+        if not isinstance(ax, (list, tuple)):
+            ax.set_ylabel(ylabel)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        ax.plot(*series(m, lambda r: r["fps"]), marker="o", label=m)
+    ax.set_ylim(bottom=0)
+    paths.append(finish(fig, ax, "frames per second", PLOTS[0]))
+
+    fig, (bank, rss) = plt.subplots(1, 2, figsize=(10, 4))
+    for m in methods:
+        bank.plot(*series(m, lambda r: r["bank_bytes"] / MIB), marker="o", label=m)
+        rss.plot(*series(m, lambda r: None if r["peak_rss_bytes"] is None else r["peak_rss_bytes"] / MIB),
+                 marker="o", label=m)
+    if all(r["bank_bytes"] > 0 for r in rows):
+        bank.set_yscale("log")
+        bank.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    bank.set_ylabel("memory bank (MiB" + (", log)" if bank.get_yscale() == "log" else ")"))
+    rss.set_ylabel("peak resident set of the run (MiB)")
+    paths.append(finish(fig, [bank, rss], "", PLOTS[1]))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        ax.plot(*series(m, lambda r: r["jf"]), marker="o", label=m)
+    paths.append(finish(fig, ax, "J&F (DAVIS 2017 protocol, ×100)", PLOTS[2]))
+    return paths

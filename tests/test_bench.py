@@ -1,0 +1,382 @@
+"""vos-bench: orders, the JSON schema (docs/bench-json.md), skipped methods, Ctrl-C, plots,
+markdown table, fp16 copies; first with an injected segmenter on a tiny synthetic DAVIS
+layout, then the real sdk in spawned processes, then real DAVIS frames."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fake_segmenter import CopyFirstSegmenter
+from PIL import Image
+
+import sdk
+from benchmarks import bench
+from benchmarks.report import PLOTS, markdown_table
+from sdk import cli
+from sdk.demo import make_clip
+from sdk.io import write_mask
+from sdk.manifest import DEFAULT_MODEL_DIR, GRAPH_NAMES, load_manifest
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make_sequence(root: Path, name: str = "clip", frames: int = 6, height: int = 48, width: int = 64) -> Path:
+    """A `frames`-frame sequence with objects 1 and 2 in DAVIS layout under root → root."""
+    rgb, labels = make_clip(frames=frames, height=height, width=width, seed=0)
+    for i, (frame, gt) in enumerate(zip(rgb, labels)):
+        (root / "JPEGImages" / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame).save(root / "JPEGImages" / name / f"{i:05d}.jpg", quality=95)
+        write_mask(root / "Annotations" / name / f"{i:05d}.png", gt)
+    return root
+
+
+def invoke(*args) -> tuple:
+    result = CliRunner().invoke(bench.main, [str(a) for a in args])
+    return result
+
+
+def fake_bench(tmp_path, monkeypatch, *extra):
+    """vos-bench in this process on CopyFirstSegmenters (one per method) → (result, report, built)."""
+    make_sequence(tmp_path / "data")
+    built = []
+    monkeypatch.setattr(cli, "make_segmenter", lambda *options: built.append(options) or CopyFirstSegmenter())
+    result = invoke("--data", tmp_path / "data", "--sequence", "clip", "--no-isolate", "--no-reference",
+                    "--json", tmp_path / "b.json", *extra)
+    path = tmp_path / "b.json"
+    return result, json.loads(path.read_text()) if path.is_file() else None, built
+
+
+TOP = {"format": str, "version": int, "created": str, "machine": dict, "data": str, "sequence": str,
+       "sequence_frames": int, "unit_frames": int, "input_size": list, "model": str, "model_config": str,
+       "model_manifest_sha256": str,
+       "precision": str, "mode": str, "warmup_frames": int, "repeats": int, "isolation": str, "complete": bool,
+       "interrupted": bool, "results": list}
+MACHINE = {"cpu": str, "cores": int, "platform": str, "onnxruntime": str, "providers": list, "python": str,
+           "numpy": str, "gpus": list}
+RESULT = {"method": str, "length": (int, float), "frames": int, "repeats": int, "fps": float, "latency_ms": dict,
+          "p50_per_repeat_ms": list, "stages_ms": dict, "bank_bytes": int, "bank_bytes_first": int,
+          "peak_rss_bytes": int, "rss_scope": str, "windows": dict, "providers": list, "seconds": float}
+NULLABLE = {"jf": float, "j": float, "f": float, "jf_spread": float, "gpu_memory_bytes": int,
+            "baseline_rss_bytes": int}
+REFERENCE = {"checkpoint": str, "method": str, "frames": int, "torch_ms_per_frame": float, "sdk_ms_per_frame": float,
+             "overhead_ratio": float, "torch_p50_ms": float, "sdk_p50_ms": float, "torch": str, "torch_threads": int,
+             "omp_wait_policy": str,
+             "jf_torch": float, "jf_sdk": float, "mask_agreement": float, "max_abs_key_diff": float}
+
+
+def check_schema(report: dict) -> None:
+    """Every field docs/bench-json.md promises, with its type."""
+    for fields, obj in ((TOP, report), (MACHINE, report["machine"])):
+        for key, kind in fields.items():
+            assert isinstance(obj[key], kind), (key, obj.get(key))
+    assert report["format"] == "vosedge-bench" and report["version"] == 1
+    assert report["mode"] in ("lengths", "stream") and report["isolation"] in ("process", "none")
+    assert isinstance(report["resolution"], int) or report["resolution"] == "native"
+    assert report["unit_frames"] == 2 * report["sequence_frames"] - 2
+    for r in report["results"]:
+        if "skipped" in r:
+            assert set(r) == {"method", "skipped"} and r["skipped"]
+            continue
+        for key, kind in RESULT.items():
+            assert isinstance(r[key], kind) and not isinstance(r[key], bool), (key, r.get(key))
+        for key, kind in NULLABLE.items():
+            assert r[key] is None or isinstance(r[key], kind), (key, r[key])
+        lat = r["latency_ms"]
+        assert set(lat) == {"p50", "p90", "p99", "mean", "max"} and 0 <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert len(r["p50_per_repeat_ms"]) == r["repeats"] and r["fps"] > 0
+        assert set(r["windows"]) == {"first", "last"}
+        for w in r["windows"].values():
+            assert set(w) == {"frames", "latency_p50_ms", "bank_bytes"} and 1 <= w["frames"] <= r["frames"]
+        assert r["rss_scope"] in ("run", "process") and r["peak_rss_bytes"] > 0
+        if report["mode"] == "lengths":
+            assert isinstance(r["length"], int) and r["frames"] == r["length"] * report["unit_frames"]
+    reference = report["reference"]
+    if "skipped" in reference:
+        assert set(reference) == {"skipped"}
+    else:
+        for key, kind in REFERENCE.items():
+            assert isinstance(reference[key], kind), (key, reference.get(key))
+
+
+# --- orders -------------------------------------------------------------------------------------
+
+
+def test_ping_pong_plays_forward_then_backward():
+    assert bench.ping_pong(4, 2) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1]
+    assert bench.unit_frames(50) == 98
+
+
+def test_stream_order_cuts_or_extends_the_ping_pong():
+    assert bench.stream_order(4, 3) == [0, 1, 2]
+    assert bench.stream_order(4, 8) == [0, 1, 2, 3, 2, 1, 0, 1]
+    assert bench.make_order(4, ("frames", 8)) == bench.stream_order(4, 8)
+    assert bench.make_order(4, ("length", 2)) == bench.ping_pong(4, 2)
+
+
+def test_prompts_are_given_where_a_frame_is_first_played():
+    seq = ["m0", None, "m2"]
+    assert bench.played_prompts(seq, bench.ping_pong(3, 2)) == ["m0", None, "m2", None, None, None, None, None]
+
+
+@pytest.mark.parametrize("text, parsed", [(None, ("manifest", None)), ("native", (None, None)), ("240", (240, None)),
+                                          ("480p", (480, None)), ("854x480", (None, (854, 480)))])
+def test_resolution_forms(text, parsed):
+    assert bench.parse_resolution(None, None, text) == parsed
+
+
+def test_bad_resolution_is_a_usage_error(tmp_path):
+    result = invoke("--data", tmp_path, "--sequence", "x", "--resolution", "big", "--json", tmp_path / "b.json")
+    assert result.exit_code == 2 and "WxH" in result.output
+
+
+# --- the CLI on an injected segmenter -------------------------------------------------------------
+
+
+def test_bench_reports_per_method_and_length(tmp_path, monkeypatch):
+    result, report, built = fake_bench(tmp_path, monkeypatch, "--methods", "every_k,first_latest", "--lengths", "1,2",
+                                       "--plots", tmp_path / "plots", "--table", tmp_path / "t.md")
+    assert result.exit_code == 0, result.output
+    check_schema(report)
+    assert [(r["method"], r["length"], r["frames"]) for r in report["results"]] == [
+        ("every_k", 1, 10), ("every_k", 2, 20), ("first_latest", 1, 10), ("first_latest", 2, 20)]
+    assert [options[1] for options in built] == ["every_k", "first_latest"]   # one segmenter per method
+    assert report["complete"] and not report["interrupted"] and report["isolation"] == "none"
+    assert report["reference"] == {"skipped": "--no-reference"}
+    first = report["results"][0]
+    assert 0 < first["jf"] < 100 and first["stages_ms"] == {}   # the fake has no stage timings
+    assert report["machine"]["providers"] == ["CPUExecutionProvider"]
+    for name in PLOTS:
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == PNG
+    table = (tmp_path / "t.md").read_text()
+    assert table == markdown_table(report["results"]) and table in result.output
+    assert "| `first_latest` | 2 | 20 |" in table
+
+
+def test_stream_mode_plays_exactly_n_frames(tmp_path, monkeypatch):
+    result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "lfu", "--frames", "25")
+    assert result.exit_code == 0, result.output
+    check_schema(report)
+    (r,) = report["results"]
+    assert report["mode"] == "stream" and r["frames"] == 25 and r["length"] == 2.5
+    assert r["windows"]["first"]["frames"] == r["windows"]["last"]["frames"] == 2   # 10 % of 25, rounded
+
+
+def test_frames_and_lengths_exclude_each_other(tmp_path, monkeypatch):
+    result, _, _ = fake_bench(tmp_path, monkeypatch, "--frames", "25", "--lengths", "1")
+    assert result.exit_code == 2 and "exclude" in result.output
+
+
+def test_unknown_method_is_a_usage_error(tmp_path, monkeypatch):
+    result, _, built = fake_bench(tmp_path, monkeypatch, "--methods", "every_k,nope")
+    assert result.exit_code == 2 and "nope" in result.output and "first_latest" in result.output and not built
+
+
+def test_repeats_are_pooled(tmp_path, monkeypatch):
+    calls = []
+    real = bench.measure
+
+    def counting(segmenter, frames, gt, prompts, order, *args, **kwargs):
+        calls.append(len(order))
+        return real(segmenter, frames, gt, prompts, order, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure", counting)
+    result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "every_k,lfu", "--lengths", "1,2",
+                                   "--repeats", "2")
+    assert result.exit_code == 0, result.output
+    check_schema(report)
+    assert calls == [10, 10, 20, 20, 20, 20, 10, 10]   # second repeat in reverse order
+    assert all(r["repeats"] == 2 and len(r["p50_per_repeat_ms"]) == 2 for r in report["results"])
+
+
+def test_ctrl_c_leaves_a_valid_partial_json(tmp_path, monkeypatch):
+    real, calls = bench.measure, []
+
+    def interrupted_second_run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure", interrupted_second_run)
+    result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "every_k", "--lengths", "1,2,3",
+                                   "--table", tmp_path / "t.md")
+    assert result.exit_code == bench.EXIT_INTERRUPTED == 130, result.output
+    check_schema(report)
+    assert report["interrupted"] and not report["complete"]
+    assert [(r["method"], r["length"]) for r in report["results"]] == [("every_k", 1)]
+    assert "| `every_k` | 1 |" in (tmp_path / "t.md").read_text()
+    assert "interrupted" in result.output
+
+
+def test_json_is_replaced_atomically(tmp_path):
+    path = tmp_path / "r.json"
+    bench.write_json(path, {"a": 1})
+    bench.write_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+# --- pieces ---------------------------------------------------------------------------------------
+
+
+def _raw(latencies_ms, banks, jf=50.0):
+    return {"latency_s": [x / 1e3 for x in latencies_ms], "stages_ms": {"readout": [1.0] * len(latencies_ms)},
+            "bank_bytes": banks, "jf": jf, "j": jf, "f": jf, "peak_rss_bytes": 100, "baseline_rss_bytes": 90,
+            "rss_scope": "run", "gpu_memory_bytes": None, "providers": ["CPUExecutionProvider"], "resolution": 240,
+            "wall_s": 1.0}
+
+
+def test_summaries_pool_repeats_and_compare_windows():
+    lat = list(range(1, 21))                            # 20 frames, 1..20 ms
+    growing = [100 * (i + 1) for i in range(20)]
+    r = bench.summarize_runs("every_k", 2, [_raw(lat, growing), _raw([x + 20 for x in lat], growing, 52.0)])
+    assert r["frames"] == 20 and r["repeats"] == 2
+    assert r["latency_ms"]["p50"] == 20.5 and r["latency_ms"]["max"] == 40.0      # pooled 1..40
+    assert r["p50_per_repeat_ms"] == [10.5, 30.5]
+    assert r["fps"] == round(40 / (sum(range(1, 41)) / 1e3), 2)
+    assert r["windows"]["first"] == {"frames": 2, "latency_p50_ms": 11.5, "bank_bytes": 200}    # 1,2,21,22
+    assert r["windows"]["last"] == {"frames": 2, "latency_p50_ms": 29.5, "bank_bytes": 2000}    # 19,20,39,40
+    assert r["bank_bytes_first"] == 100 and r["bank_bytes"] == 2000
+    assert r["jf"] == 50.0 and r["jf_spread"] == 2.0 and r["stages_ms"] == {"readout": 1.0}
+
+
+def test_markdown_table_rows_and_skips():
+    rows = [bench.summarize_runs("lfu", 1, [_raw([10, 20, 30], [2 ** 20] * 3)]),
+            {"method": "rde", "skipped": "needs graph(s) sam_key | sam_value"}]
+    table = markdown_table(rows).splitlines()
+    assert table[0].startswith("| method | L | frames | fps | p50 latency |") and len(table) == 4
+    assert table[2] == ("| `lfu` | 1 | 3 | 50.0 | 20.0 ms | 28.0 ms | 29.8 ms | 1.0 MiB | 0.0 MiB | 50.0 |")
+    assert table[3].startswith("| `rde` | – | – | skipped: needs graph(s) sam_key \\| sam_value |")
+
+
+def test_rss_helpers():
+    assert bench.peak_rss_bytes() > 1 << 20
+    if sys.platform.startswith("linux"):
+        assert bench.reset_peak_rss()
+        assert bench.peak_rss_bytes() >= bench._proc_status_bytes("VmRSS") > 0
+    assert bench.gpu_memory_bytes(pid=2 ** 22 + 1) is None   # no such process (or no nvidia-smi)
+
+
+# --- the real sdk ---------------------------------------------------------------------------------
+
+
+def core_only_model(dst: Path) -> Path:
+    """A copy of the bundled model with only the four core graphs (no QAM/SAM heads)."""
+    dst.mkdir()
+    raw = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text())
+    raw["graphs"] = {name: raw["graphs"][name] for name in GRAPH_NAMES}
+    for name in GRAPH_NAMES:
+        shutil.copyfile(DEFAULT_MODEL_DIR / raw["graphs"][name]["file"], dst / raw["graphs"][name]["file"])
+    (dst / "manifest.json").write_text(json.dumps(raw))
+    return dst
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "manifest.json").is_file(), reason="no bundled model")
+def test_a_method_the_model_cannot_run_is_skipped_in_spawned_runs(tmp_path):
+    make_sequence(tmp_path / "data")
+    model = core_only_model(tmp_path / "core")
+    result = invoke("--data", tmp_path / "data", "--sequence", "clip", "--model", model, "--methods", "rde,every_k",
+                    "--lengths", "1", "--resolution", "native", "--providers", "cpu", "--no-reference",
+                    "--warmup", "1", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    check_schema(report)
+    rde, every_k = report["results"]
+    assert rde["method"] == "rde" and "sam_key" in rde["skipped"] and "rde skipped" in result.output
+    assert every_k["method"] == "every_k" and every_k["frames"] == 10
+    assert report["isolation"] == "process" and every_k["rss_scope"] == "run"
+    assert every_k["providers"] == report["machine"]["providers"] == ["CPUExecutionProvider"]
+    assert every_k["bank_bytes"] == every_k["bank_bytes_first"] > 0 and every_k["gpu_memory_bytes"] is None
+    # every stage of the sdk is reported and they add up to the total
+    assert set(every_k["stages_ms"]) == {*sdk.segmenter.STAGES, "total"}
+    stages = every_k["stages_ms"]
+    assert sum(v for k, v in stages.items() if k != "total") == pytest.approx(stages["total"], abs=0.02)
+    assert report["results"][1]["peak_rss_bytes"] >= report["results"][1]["baseline_rss_bytes"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "manifest.json").is_file(), reason="no bundled model")
+def test_sigint_stops_a_real_run_with_a_partial_json(tmp_path):
+    make_sequence(tmp_path / "data")
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, "-c", "from benchmarks.bench import main; main()", "--data", tmp_path / "data",
+           "--sequence", "clip", "--methods", "first_latest", "--lengths", "1,5000", "--resolution", "native",
+           "--providers", "cpu", "--no-reference", "--warmup", "0", "--json", out]
+    proc = subprocess.Popen([str(c) for c in cmd], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_file() and json.loads(out.read_text())["results"]:
+                break
+            time.sleep(0.2)
+        time.sleep(2)                                    # well into the 50 000-frame run
+        os.killpg(proc.pid, signal.SIGINT)               # what Ctrl-C in a terminal does
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output
+    report = json.loads(out.read_text())
+    check_schema(report)
+    assert report["interrupted"] and [r["length"] for r in report["results"]] == [1]
+    assert "Traceback" not in output
+
+
+def test_fp16_copy_keeps_the_contract(tmp_path):
+    pytest.importorskip("onnxconverter_common")
+    from benchmarks.fp16 import convert_model
+
+    half = convert_model(DEFAULT_MODEL_DIR, tmp_path / "fp16")
+    manifest = load_manifest(half)                                   # sha256 of every graph matches
+    original = load_manifest(DEFAULT_MODEL_DIR)
+    assert manifest.raw["precision"]["float32_graphs"] == ["readout"] and manifest.raw["precision"]["float32_fallback"] == {}
+    assert set(manifest.raw["precision"]["float16_graphs"]) == set(original.graphs) - {"readout"}
+    assert manifest.raw["graphs"]["readout"]["sha256"] == original.raw["graphs"]["readout"]["sha256"]
+    assert manifest.raw["graphs"]["decoder"]["sha256"] != original.raw["graphs"]["decoder"]["sha256"]
+    frames, masks = make_clip(frames=4, height=120, width=160)        # two textured objects
+    outputs = []
+    for model in (DEFAULT_MODEL_DIR, half):
+        seg = sdk.Segmenter(model, providers="cpu", resolution=240)   # the model segments them well there
+        outputs.append([seg.step(frames[0], masks[0])] + [seg.step(f) for f in frames[1:]])
+    for a, b in zip(*outputs):
+        assert a.dtype == b.dtype == np.uint8
+        assert np.count_nonzero((a > 0) & (b > 0)) / max(1, np.count_nonzero((a > 0) | (b > 0))) > 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "davis2016-240p").is_dir(), reason="../shared/data is absent")
+def test_real_sequence_with_the_torch_reference(tmp_path):
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    # spawned runs (the default): the reference's process imports torch itself, with passive OpenMP waits
+    args = ["--data", DATA / "davis2016-240p", "--sequence", "blackswan", "--max-frames", "8",
+            "--methods", "every_k,first_latest", "--lengths", "1,2", "--resolution", "240p", "--providers", "cpu",
+            "--reference", "--warmup", "2", "--json", tmp_path / "b.json", "--plots", tmp_path / "p"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    check_schema(report)
+    every_k, every_k2, first_latest, first_latest2 = report["results"]
+    assert report["unit_frames"] == 14 and every_k2["frames"] == 28 and report["input_size"] == [427, 240]
+    # a bounded bank never changes size; the every-5 bank holds frames 0, 5, 10, … (8 slots preallocated)
+    assert first_latest["bank_bytes"] == first_latest2["bank_bytes"] == first_latest2["bank_bytes_first"]
+    assert every_k2["bank_bytes"] >= every_k["bank_bytes"] > first_latest["bank_bytes"]
+    assert every_k["jf"] > 60 and first_latest["jf"] > 60
+    ref = report["reference"]
+    assert ref["frames"] == 14 and ref["max_abs_key_diff"] < 1e-3 and ref["mask_agreement"] > 0.99
+    assert ref["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    assert abs(ref["jf_torch"] - ref["jf_sdk"]) < 1
+    assert ref["overhead_ratio"] == pytest.approx(ref["sdk_ms_per_frame"] / ref["torch_ms_per_frame"], rel=0.01)
+    assert all((tmp_path / "p" / name).is_file() for name in PLOTS)
