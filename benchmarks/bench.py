@@ -554,8 +554,8 @@ def _methods(ctx, param, value: str | None) -> list[str]:
 @click.option("--warmup", type=click.IntRange(min=0), default=WARMUP_FRAMES, show_default=True,
               help="Frames stepped (then reset) before each timed video.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run every (method, length) this many times, interleaved, alternate repeats in reverse "
-                   "order; latencies are pooled.")
+              help="Run every (method, length) this many times; each method's lengths run back to back, "
+                   "alternate repeats in reverse order; latencies are pooled.")
 @click.option("--max-frames", type=click.IntRange(min=2), metavar="N",
               help="Use only the first N frames of the sequence (quick runs, tests).")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
@@ -658,7 +658,10 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, isola
         b = tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
         return b, (lambda n: b.update(n - b.n))
 
-    schedule = [(m, p) for p in range(len(points)) for m in methods]
+    # Method-major: one method's lengths run back to back, so the comparison across lengths
+    # (the constant-cost check) sees the least machine drift; alternate repeats run the
+    # schedule backwards, which cancels a linear drift over each pair of repeats.
+    schedule = [(m, p) for m in methods for p in range(len(points))]
     try:
         save()
         if reference:   # the first length (a stream: one forward+backward unit)

@@ -27,20 +27,36 @@ def measured(results: Sequence[dict]) -> list[dict]:
     return [r for r in results if "skipped" not in r]
 
 
+def p50_change(results: Sequence[dict]) -> dict[int, float | None]:
+    """Per result (by its index in ``results``): its p50 latency relative to the p50 of the
+    same method's shortest video, in percent (0 for that one; None when that p50 is 0). The
+    constant-cost check of a bounded policy: this stays near 0 however long the video."""
+    rows = measured(results)
+    shortest = {}
+    for r in rows:
+        if r["method"] not in shortest or r["length"] < shortest[r["method"]]["length"]:
+            shortest[r["method"]] = r
+    base = {m: r["latency_ms"]["p50"] for m, r in shortest.items()}
+    return {i: 100 * (r["latency_ms"]["p50"] / base[r["method"]] - 1) if base[r["method"]] > 0 else None
+            for i, r in enumerate(results) if "skipped" not in r}
+
+
 def markdown_table(results: Sequence[dict]) -> str:
     """GitHub markdown table of vos-bench results (the JSON's ``results``), one row per
-    method and length in the given order; a skipped method gets one row saying why."""
-    rows = ["| method | L | frames | fps | p50 latency | p90 | p99 | bank | peak RSS | J&F |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
+    method and length in the given order; a skipped method gets one row saying why. "vs
+    shortest" is :func:`p50_change`."""
+    rows = ["| method | L | frames | fps | p50 latency | vs shortest | p90 | p99 | bank | peak RSS | J&F |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    change = p50_change(results)
+    for i, r in enumerate(results):
         if "skipped" in r:
             reason = " ".join(str(r["skipped"]).split()).replace("|", "\\|")
-            rows.append(f"| `{r['method']}` | – | – | skipped: {reason} | | | | | | |")
+            rows.append(f"| `{r['method']}` | – | – | skipped: {reason} | | | | | | | |")
             continue
         lat = r["latency_ms"]
         rows.append(f"| `{r['method']}` | {_length(r['length'])} | {r['frames']} | {r['fps']:.1f} | "
-                    f"{lat['p50']:.1f} ms | {lat['p90']:.1f} ms | {lat['p99']:.1f} ms | {_mib(r['bank_bytes'])} | "
-                    f"{_mib(r['peak_rss_bytes'])} | {_num(r['jf'], '.1f')} |")
+                    f"{lat['p50']:.1f} ms | {_num(change[i], '+.1f')}{'' if change[i] is None else ' %'} | {lat['p90']:.1f} ms | {lat['p99']:.1f} ms | "
+                    f"{_mib(r['bank_bytes'])} | {_mib(r['peak_rss_bytes'])} | {_num(r['jf'], '.1f')} |")
     return "\n".join(rows) + "\n"
 
 

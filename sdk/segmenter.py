@@ -42,6 +42,8 @@ class Segmenter:
             bottom/right to multiples of the manifest ``stride``; outputs are at input size.
         top_k: top-k of the readout softmax; None = the policy's (RDE: 40), else the
             manifest's ``top_k``.
+        threads: CPU threads per graph (onnxruntime intra-op); None = one per physical core.
+            Sessions never spin-wait (:func:`sdk.runtime.session_options`).
         **policy_params: override the manifest's ``policy_defaults[method]``, e.g. ``k=5``,
             ``max_frames=20`` for every_k; ``quality_gate=σ`` (any policy) writes only frames
             whose normalised QAM score is ≥ σ.
@@ -60,7 +62,8 @@ class Segmenter:
     """
 
     def __init__(self, model: str | Path | None = None, method: str | None = None, providers=None,
-                 resolution: int | str | None = "manifest", top_k: int | None = None, **policy_params):
+                 resolution: int | str | None = "manifest", top_k: int | None = None,
+                 threads: int | None = None, **policy_params):
         self.manifest: Manifest = resolve_model(model)
         m = self.manifest
         self.method = method or m.method
@@ -80,7 +83,7 @@ class Segmenter:
         self.top_k = (policy.top_k or m.top_k) if top_k is None else int(top_k)
         if self.top_k < 1:
             raise InputError(f"top_k must be ≥ 1, got {top_k}")
-        self._graphs = Graphs(m, providers, GRAPH_NAMES + policy.requires)
+        self._graphs = Graphs(m, providers, GRAPH_NAMES + policy.requires, threads=threads)
         self._prior_input = "prior_enhance" in policy.requires
         self._mean = np.asarray(m.mean, np.float32)
         self._std = np.asarray(m.std, np.float32)

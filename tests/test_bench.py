@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from PIL import Image
 
 import sdk
 from benchmarks import bench
-from benchmarks.report import PLOTS, markdown_table
+from benchmarks.report import PLOTS, markdown_table, p50_change
 from sdk import cli
 from sdk.demo import make_clip
 from sdk.io import write_mask
@@ -51,7 +52,14 @@ def fake_bench(tmp_path, monkeypatch, *extra):
     """vos-bench in this process on CopyFirstSegmenters (one per method) → (result, report, built)."""
     make_sequence(tmp_path / "data")
     built = []
-    monkeypatch.setattr(cli, "make_segmenter", lambda *options: built.append(options) or CopyFirstSegmenter())
+
+    def make(*options):        # (model, method, resolution, providers), as cli.make_segmenter takes them
+        built.append(options)
+        segmenter = CopyFirstSegmenter()
+        segmenter.method = options[1]
+        return segmenter
+
+    monkeypatch.setattr(cli, "make_segmenter", make)
     result = invoke("--data", tmp_path / "data", "--sequence", "clip", "--no-isolate", "--no-reference",
                     "--json", tmp_path / "b.json", *extra)
     path = tmp_path / "b.json"
@@ -188,7 +196,7 @@ def test_repeats_are_pooled(tmp_path, monkeypatch):
     real = bench.measure
 
     def counting(segmenter, frames, gt, prompts, order, *args, **kwargs):
-        calls.append(len(order))
+        calls.append((segmenter.method, len(order)))
         return real(segmenter, frames, gt, prompts, order, *args, **kwargs)
 
     monkeypatch.setattr(bench, "measure", counting)
@@ -196,7 +204,9 @@ def test_repeats_are_pooled(tmp_path, monkeypatch):
                                    "--repeats", "2")
     assert result.exit_code == 0, result.output
     check_schema(report)
-    assert calls == [10, 10, 20, 20, 20, 20, 10, 10]   # second repeat in reverse order
+    # each method's lengths back to back; the second repeat in reverse order
+    assert calls == [("every_k", 10), ("every_k", 20), ("lfu", 10), ("lfu", 20),
+                     ("lfu", 20), ("lfu", 10), ("every_k", 20), ("every_k", 10)]
     assert all(r["repeats"] == 2 and len(r["p50_per_repeat_ms"]) == 2 for r in report["results"])
 
 
@@ -256,8 +266,21 @@ def test_markdown_table_rows_and_skips():
             {"method": "rde", "skipped": "needs graph(s) sam_key | sam_value"}]
     table = markdown_table(rows).splitlines()
     assert table[0].startswith("| method | L | frames | fps | p50 latency |") and len(table) == 4
-    assert table[2] == ("| `lfu` | 1 | 3 | 50.0 | 20.0 ms | 28.0 ms | 29.8 ms | 1.0 MiB | 0.0 MiB | 50.0 |")
+    assert table[2] == ("| `lfu` | 1 | 3 | 50.0 | 20.0 ms | +0.0 % | 28.0 ms | 29.8 ms | 1.0 MiB | 0.0 MiB | 50.0 |")
     assert table[3].startswith("| `rde` | – | – | skipped: needs graph(s) sam_key \\| sam_value |")
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == table[0].count("|") for line in table)   # same columns
+
+
+def test_p50_change_is_relative_to_each_methods_shortest_video():
+    rows = [bench.summarize_runs("lfu", 10, [_raw([21, 21, 21], [1] * 3)]),      # listed before its L=1
+            bench.summarize_runs("lfu", 1, [_raw([20, 20, 20], [1] * 3)]),
+            {"method": "rde", "skipped": "no SAM graphs"},
+            bench.summarize_runs("every_k", 2, [_raw([10, 10, 10], [1] * 3)]),
+            bench.summarize_runs("every_k", 20, [_raw([30, 30, 30], [9] * 3)])]
+    change = p50_change(rows)
+    assert change == pytest.approx({0: 5.0, 1: 0.0, 3: 0.0, 4: 200.0})
+    table = markdown_table(rows).splitlines()
+    assert "| 21.0 ms | +5.0 % |" in table[2] and "| 30.0 ms | +200.0 % |" in table[6]
 
 
 def test_rss_helpers():

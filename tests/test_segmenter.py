@@ -175,6 +175,19 @@ def test_constructor_errors(tiny_export):
         Segmenter(tiny_export, providers="cpu", resolution="480p")
     with pytest.raises(InputError, match="execution provider"):
         Segmenter(tiny_export, providers="tpu")
+    with pytest.raises(InputError, match="threads must be a positive int"):
+        Segmenter(tiny_export, providers="cpu", threads=0)
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_sessions_never_spin_and_take_the_thread_count(tiny_export, square_clip, threads):
+    seg = Segmenter(tiny_export, providers="cpu", threads=threads)
+    for session in seg._graphs.sessions.values():
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.intra_op_num_threads == (threads or 0)        # 0 = onnxruntime's default
+    frames, masks = square_clip()
+    assert seg.step(frames[0], masks[0]).shape == masks[0].shape
 
 
 def test_providers(tiny_export, caplog):

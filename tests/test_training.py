@@ -107,6 +107,43 @@ def test_vos_train_tiny_config_trains_and_resumes(tmp_path):
     assert all(np.isfinite(h["loss"]) for h in hist)
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data (DAVIS frames) not present")
+@pytest.mark.parametrize("amp", [True, False])
+def test_amp_runs_the_objective_under_bfloat16_autocast(tmp_path, monkeypatch, amp):
+    """The mixed-precision path (on CUDA by default) checked on the CPU: every head's loss under
+    bfloat16 autocast, finite, and autocast really on (or off) inside the objective."""
+    import training.train as tt
+
+    seen = []
+
+    def spy(net, frames, *args, **kwargs):
+        losses = clip_losses(net, frames, *args, **kwargs)
+        seen.append((torch.is_autocast_enabled("cpu"), losses["loss"].dtype))
+        return losses
+
+    clip_losses = tt.clip_losses
+    monkeypatch.setattr(tt, "clip_losses", spy)
+    cfg = tt.load_config("tiny")
+    cfg.update(iterations=2, checkpoint_every=2, num_frames=5, device="cpu", amp=amp,
+               network=tt.network_config(cfg, "all"))
+    tt.train(cfg, [(str(DATA / "davis2017-240p"), "train")], tmp_path, progress=False)
+    assert [on for on, _ in seen] == [amp, amp]
+    assert all(dtype == torch.float32 for _, dtype in seen)    # losses reduce in float32
+    hist = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 2 and all(np.isfinite(h[k]) for h in hist for k in ("loss", "loss_qam", "loss_ug", "loss_mc"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_vos_train_on_cuda_without_a_gpu_says_so(tmp_path):
+    from click.testing import CliRunner
+    from training.cli import main
+
+    res = CliRunner().invoke(main, ["--config", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                                    "--device", "cuda"])
+    assert res.exit_code == 1 and "sees no CUDA GPU" in res.output
+    assert not (tmp_path / "run").exists()          # failed before anything was written
+
+
 def test_vos_train_unknown_config_is_a_usage_error(tmp_path):
     from click.testing import CliRunner
     from training.cli import main

@@ -26,7 +26,11 @@ import click
 @click.option("--publish", type=click.Path(dir_okay=False), metavar="FILE",
               help="When the run ends, also write its weights as fp16 FILE (.safetensors + .json), e.g. "
                    "training/weights/lite.safetensors for the bundled model.")
-def main(config, data, split, out, iterations, threads, method, init, publish):
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="Where to train: auto = cuda when torch sees a GPU, else cpu.")
+@click.option("--amp/--no-amp", default=None,
+              help="bfloat16 autocast (mixed precision). Default: on for cuda, off for cpu.")
+def main(config, data, split, out, iterations, threads, method, init, publish, device, amp):
     """Train the key/value encoders, decoder and method heads on T-frame clips (STCN main
     training; RDE-VOS's 5-frame STM + SAM pattern training when the network has SAM).
 
@@ -36,9 +40,10 @@ def main(config, data, split, out, iterations, threads, method, init, publish):
       vos-train --config heads --out runs/heads                     # + QAM, PE, SAM from runs' lite model
       vos-train --config lite --method rde --init runs/lite/last.safetensors --out runs/rde
       vos-train --config tiny --data ../shared/data/davis2016-240p --out /tmp/tiny
+      vos-train --config lite --device cuda --out runs/lite        # GPU, bfloat16 autocast
     Interrupt at any time; the same command resumes from <out>/last.safetensors.
     """
-    from .train import load_config, network_config, train
+    from .train import ConfigError, load_config, network_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -51,6 +56,10 @@ def main(config, data, split, out, iterations, threads, method, init, publish):
         cfg["init"] = init
     if publish:
         cfg["publish"] = publish
+    if device != "auto":
+        cfg["device"] = device
+    if amp is not None:
+        cfg["amp"] = amp
     if method:
         cfg["network"] = network_config(cfg, method)
         if "sam" in cfg["network"]["heads"]:
@@ -60,6 +69,6 @@ def main(config, data, split, out, iterations, threads, method, init, publish):
         raise click.UsageError("no training data: give --data ROOT")
     try:
         last = train(cfg, pairs, Path(out), threads=threads)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ConfigError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"checkpoint: {last}")

@@ -7,9 +7,10 @@ heads' terms (:func:`training.objectives.clip_losses`: QAM MSE, L_UG, L_MC). Ada
 learning rates (method heads, the rest, the trainable part of the ImageNet backbone), frozen
 BatchNorm, max-skip curriculum. ``init`` starts from an earlier checkpoint (new heads start
 fresh); prior enhancement runs on a ``prior_prob`` fraction of the batches so the network
-keeps working with and without it. On a CUDA machine (``device``: default cuda when available)
-the forward runs under bfloat16 autocast (``amp``, default on: mixed precision, no loss
-scaling needed); on the CPU in float32.
+keeps working with and without it. ``device`` (default: cuda when available, else cpu) picks
+where it trains; ``amp`` runs the forward under bfloat16 autocast (mixed precision, no loss
+scaling needed with bfloat16's float32 exponent range): default on for CUDA, off for the CPU
+(where ``amp: true`` also works, slower than float32 on most CPUs, for checking the path).
 Checkpoints ``last.safetensors``/``last.json`` (+ ``last.optim.pt``) every
 ``checkpoint_every`` iterations; a run restarted on the same ``out`` folder resumes.
 """
@@ -36,6 +37,10 @@ from .static import StaticPseudoVideoDataset
 
 log = logging.getLogger("vosedge.train")
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A training config (or command-line override) that cannot run here."""
 
 
 def load_config(config: str) -> dict:
@@ -120,6 +125,10 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     """Train per ``cfg`` on the (root, split) pairs of ``data``; return the last checkpoint path."""
     if threads:
         torch.set_num_threads(threads)
+    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                           "use device cpu (vos-train --device cpu)")
     torch.manual_seed(cfg["seed"])
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.safetensors"
@@ -133,9 +142,8 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
         if cfg.get("init"):
             load_weights_into(net, cfg["init"], fresh=cfg.get("init_fresh", ()))
             log.info("initialised from %s (new heads: %s)", cfg["init"], ", ".join(net.heads) or "none")
-    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     net.to(device)
-    amp = device.type == "cuda" and cfg.get("amp", True)
+    amp = bool(cfg.get("amp", device.type == "cuda"))
     log.info("training on %s%s", device, " with bfloat16 autocast" if amp else "")
     freeze(net, cfg["frozen_blocks"], cfg.get("trainable"))
     opt = make_optimizer(net, cfg)
@@ -146,7 +154,7 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     seqs = [s for root, split in data for s in load_sequences(root, split)]
     kind = cfg.get("dataset", "clips")
     if kind not in ("clips", "static"):
-        raise ValueError(f"config dataset must be 'clips' or 'static', got {kind!r}")
+        raise ConfigError(f"config dataset must be 'clips' or 'static', got {kind!r}")
     common = dict(crop=cfg["crop"], num_frames=cfg["num_frames"], mean=net.config["mean"], std=net.config["std"],
                   length=cfg["iterations"] * cfg["batch_size"], seed=cfg["seed"])
     ds = (StaticPseudoVideoDataset(seqs, **common, **cfg.get("static", {})) if kind == "static"
