@@ -64,7 +64,10 @@ Examples:
 
 \b
 L = 1 is the sequence forward then backward (2T-2 frames for T frames), L = 10 that ten
-times. Each run first steps --warmup frames and resets, then times every frame of the video:
+times. By default (--balance) shorter videos are repeated until every length is timed over
+about as many frames as the longest (L = 1 twenty times next to L = 20 once), their runs
+spread evenly around the longest one's, so the comparison across lengths does not hang on a
+few seconds of a noisy machine. Each run first steps --warmup frames and resets, then times every frame of the video:
 latency = one Segmenter.step (time.perf_counter), fps = frames / their summed latency, stage
 times = Segmenter.timings means. Bank bytes: the memory bank's arrays at the end (and after
 frame 0). Peak RSS: the process' high-water resident set over the timed frames (Linux
@@ -97,6 +100,26 @@ def make_order(frames: int, order: tuple[str, int]) -> list[int]:
     """("length", L) → :func:`ping_pong`; ("frames", N) → :func:`stream_order`."""
     kind, value = order
     return ping_pong(frames, value) if kind == "length" else stream_order(frames, value)
+
+
+def schedule(methods: Sequence[str], point_frames: Sequence[int], repeats: int, balance: bool) -> list[tuple[str, int]]:
+    """The runs of a benchmark, in order: (method, point index) pairs, method-major (one
+    method's lengths back to back, so lengths are compared under the same machine conditions).
+
+    ``balance``: within a method, point p runs ``repeats × ⌈max(point_frames) / point_frames[p]⌉``
+    times, so every length is timed over about as many frames as the longest, and the runs are
+    ordered by their centres (i + ½) / count: each length's runs are spread symmetrically
+    around the middle of the method's block, so the machine's drift (a 2-core VM's speed
+    wanders by 5–10 % over tens of seconds) weighs on every length alike and a linear drift
+    cancels. Without it each point runs ``repeats`` times, alternate repeats in reverse order.
+    """
+    if not balance:
+        block = [(m, p) for m in methods for p in range(len(point_frames))]
+        return [run for r in range(repeats) for run in (block if r % 2 == 0 else block[::-1])]
+    longest = max(point_frames)
+    counts = [repeats * -(-longest // f) for f in point_frames]
+    centres = sorted(((i + 0.5) / c, -point_frames[p], p) for p, c in enumerate(counts) for i in range(c))
+    return [(m, p) for m in methods for _, _, p in centres]
 
 
 def unit_frames(frames: int) -> int:
@@ -554,14 +577,17 @@ def _methods(ctx, param, value: str | None) -> list[str]:
 @click.option("--warmup", type=click.IntRange(min=0), default=WARMUP_FRAMES, show_default=True,
               help="Frames stepped (then reset) before each timed video.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run every (method, length) this many times; each method's lengths run back to back, "
-                   "alternate repeats in reverse order; latencies are pooled.")
+              help="Run every (method, length) this many times (× the balance factor); latencies are pooled.")
+@click.option("--balance/--no-balance", default=True, show_default=True,
+              help="Repeat shorter videos until each length is timed over about as many frames as the longest, "
+                   "their runs spread evenly around the longest one's (machine drift then weighs on every "
+                   "length alike). --no-balance: each length --repeats times, alternate repeats reversed.")
 @click.option("--max-frames", type=click.IntRange(min=2), metavar="N",
               help="Use only the first N frames of the sequence (quick runs, tests).")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Each run in a fresh process (its own peak RSS), or all in this one.")
 def main(data, sequence, methods, lengths, stream_frames, resolution, providers, precision, model, json_path,
-         plots_dir, table_path, reference, checkpoint, warmup, repeats, max_frames, isolate):
+         plots_dir, table_path, reference, checkpoint, warmup, repeats, balance, max_frames, isolate):
     """Benchmark memory policies on synthetic long videos: fps, latency p50/p90/p99, stage
     times, memory-bank bytes, peak RSS, GPU memory and J&F against video length."""
     if stream_frames is not None and lengths is not None:
@@ -601,11 +627,11 @@ def main(data, sequence, methods, lengths, stream_frames, resolution, providers,
                 "precision": precision,
                 "resolution": manifest.resolution if resolution == "manifest" else resolution or "native",
                 "mode": "stream" if stream_frames is not None else "lengths",
-                "warmup_frames": warmup, "repeats": repeats, "isolation": "process" if isolate else "none",
+                "warmup_frames": warmup, "repeats": repeats, "balance": balance, "isolation": "process" if isolate else "none",
                 "complete": False, "interrupted": False,
                 "results": [], "reference": None if reference else {"skipped": why_not},
             }
-            _bench(report, base, methods, points, reference, checkpoints, repeats, isolate, json_path,
+            _bench(report, base, methods, points, reference, checkpoints, repeats, balance, isolate, json_path,
                    plots_dir, table_path)
 
 
@@ -628,8 +654,8 @@ def _reference_plan(reference: bool | None, checkpoint: Path | None, manifest) -
     return (not why), checkpoints, why
 
 
-def _bench(report, base, methods, points, reference, checkpoints, repeats, isolate, json_path, plots_dir,
-           table_path) -> None:
+def _bench(report, base, methods, points, reference, checkpoints, repeats, balance, isolate, json_path,
+           plots_dir, table_path) -> None:
     """Run the schedule, rewriting the JSON after every run; Ctrl-C → partial JSON, exit 130."""
     cache: dict = {}
     run = (lambda task, progress: run_isolated(task, progress)) if isolate else (
@@ -658,10 +684,9 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, isola
         b = tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
         return b, (lambda n: b.update(n - b.n))
 
-    # Method-major: one method's lengths run back to back, so the comparison across lengths
-    # (the constant-cost check) sees the least machine drift; alternate repeats run the
-    # schedule backwards, which cancels a linear drift over each pair of repeats.
-    schedule = [(m, p) for m in methods for p in range(len(points))]
+    runs = schedule(methods, [frames for frames, _, _ in points], repeats, balance)
+    total = {run: runs.count(run) for run in set(runs)}
+    done: dict[tuple[str, int], int] = {}
     try:
         save()
         if reference:   # the first length (a stream: one forward+backward unit)
@@ -680,26 +705,27 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, isola
                 report["reference"] = {"skipped": payload}
                 tqdm.write(f"warning: PyTorch reference skipped: {payload}", file=sys.stderr)
             save()
-        for rep in range(repeats):
-            for method, p in (schedule if rep % 2 == 0 else schedule[::-1]):
-                if method in skipped:
-                    continue
-                frames, order, length = points[p]
-                b, progress = bar(frames, f"{method} L={length}" + (f" #{rep + 1}" if repeats > 1 else ""))
-                with b:
-                    kind, payload = run({**base, "kind": "bench", "method": method, "order": order}, progress)
-                if kind == "skipped":
-                    skipped[method] = payload
-                    tqdm.write(f"warning: {method} skipped: {payload}", file=sys.stderr)
-                elif kind == "error":
-                    save()
-                    raise click.ClickException(f"{method} L={length}: {payload}")
-                else:
-                    raws.setdefault((method, p), []).append(payload)
-                    providers = providers or payload["providers"]
-                    if rep == repeats - 1:
-                        tqdm.write(_summary_line(summarize_runs(method, length, raws[(method, p)])))
+        for method, p in runs:
+            if method in skipped:
+                continue
+            frames, order, length = points[p]
+            done[(method, p)] = n = done.get((method, p), 0) + 1
+            b, progress = bar(frames, f"{method} L={length}" + (f" #{n}/{total[(method, p)]}"
+                                                                if total[(method, p)] > 1 else ""))
+            with b:
+                kind, payload = run({**base, "kind": "bench", "method": method, "order": order}, progress)
+            if kind == "skipped":
+                skipped[method] = payload
+                tqdm.write(f"warning: {method} skipped: {payload}", file=sys.stderr)
+            elif kind == "error":
                 save()
+                raise click.ClickException(f"{method} L={length}: {payload}")
+            else:
+                raws.setdefault((method, p), []).append(payload)
+                providers = providers or payload["providers"]
+                if n == total[(method, p)]:
+                    tqdm.write(_summary_line(summarize_runs(method, length, raws[(method, p)])))
+            save()
     except KeyboardInterrupt:
         save(interrupted=True, complete=False)
         _outputs(report, plots_dir, table_path)

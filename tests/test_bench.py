@@ -69,7 +69,8 @@ def fake_bench(tmp_path, monkeypatch, *extra):
 TOP = {"format": str, "version": int, "created": str, "machine": dict, "data": str, "sequence": str,
        "sequence_frames": int, "unit_frames": int, "input_size": list, "model": str, "model_config": str,
        "model_manifest_sha256": str,
-       "precision": str, "mode": str, "warmup_frames": int, "repeats": int, "isolation": str, "complete": bool,
+       "precision": str, "mode": str, "warmup_frames": int, "repeats": int, "balance": bool, "isolation": str,
+       "complete": bool,
        "interrupted": bool, "results": list}
 MACHINE = {"cpu": str, "cores": int, "platform": str, "onnxruntime": str, "providers": list, "python": str,
            "numpy": str, "gpus": list}
@@ -201,13 +202,50 @@ def test_repeats_are_pooled(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "measure", counting)
     result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "every_k,lfu", "--lengths", "1,2",
-                                   "--repeats", "2")
+                                   "--repeats", "2", "--no-balance")
     assert result.exit_code == 0, result.output
     check_schema(report)
+    assert report["balance"] is False
     # each method's lengths back to back; the second repeat in reverse order
     assert calls == [("every_k", 10), ("every_k", 20), ("lfu", 10), ("lfu", 20),
                      ("lfu", 20), ("lfu", 10), ("every_k", 20), ("every_k", 10)]
     assert all(r["repeats"] == 2 and len(r["p50_per_repeat_ms"]) == 2 for r in report["results"])
+
+
+def test_balance_spreads_short_videos_around_the_longest(tmp_path, monkeypatch):
+    calls = []
+    real = bench.measure
+
+    def counting(segmenter, frames, gt, prompts, order, *args, **kwargs):
+        calls.append((segmenter.method, len(order)))
+        return real(segmenter, frames, gt, prompts, order, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure", counting)
+    result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "every_k,lfu", "--lengths", "1,4")
+    assert result.exit_code == 0, result.output
+    check_schema(report)
+    assert report["balance"] is True and report["repeats"] == 1
+    # L=1 (10 frames) runs 4 times, as many frames as L=4's one run, two before it and two after
+    assert calls == [("every_k", 10), ("every_k", 10), ("every_k", 40), ("every_k", 10), ("every_k", 10),
+                     ("lfu", 10), ("lfu", 10), ("lfu", 40), ("lfu", 10), ("lfu", 10)]
+    assert [(r["length"], r["repeats"], r["frames"]) for r in report["results"]] == [(1, 4, 10), (4, 1, 40)] * 2
+
+
+def test_balanced_schedule_centres_every_length_in_the_middle():
+    frames = [98, 980, 1960]                          # lengths 1, 10, 20 of blackswan
+    runs = bench.schedule(["lfu", "rde"], frames, repeats=1, balance=True)
+    assert runs[:len(runs) // 2] == [("lfu", p) for _, p in runs[len(runs) // 2:]]   # same block per method
+    block = [p for _, p in runs[:len(runs) // 2]]
+    assert [block.count(p) for p in range(3)] == [20, 2, 1]
+    start, centres = 0, {p: [] for p in range(3)}      # time centre of each run, in frames
+    for p in block:
+        centres[p].append(start + frames[p] / 2)
+        start += frames[p]
+    for p in range(3):                                 # every length's runs centred on the block's middle
+        assert np.mean(centres[p]) == pytest.approx(start / 2, rel=0.02)
+    assert bench.schedule(["lfu"], frames, repeats=2, balance=True).count(("lfu", 0)) == 40
+    assert bench.schedule(["lfu"], [5, 7], repeats=1, balance=True).count(("lfu", 0)) == 2    # ⌈7/5⌉
+    assert bench.schedule(["lfu"], [20], repeats=3, balance=True) == [("lfu", 0)] * 3
 
 
 def test_ctrl_c_leaves_a_valid_partial_json(tmp_path, monkeypatch):
