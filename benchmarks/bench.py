@@ -67,8 +67,8 @@ L = 1 is the sequence forward then backward (2T-2 frames for T frames), L = 10 t
 times. By default (--balance) shorter videos are repeated until every length is timed over
 about as many frames as the longest (L = 1 twenty times next to L = 20 once), their runs
 spread evenly around the longest one's, so the comparison across lengths does not hang on a
-few seconds of a noisy machine. Each run first steps --warmup frames and resets, then times every frame of the video:
-latency = one Segmenter.step (time.perf_counter), fps = frames / their summed latency, stage
+few seconds of a noisy machine. Each run first steps --warmup frames and resets, then times
+every frame of the video: latency = one Segmenter.step (time.perf_counter), fps = frames / their summed latency, stage
 times = Segmenter.timings means. Bank bytes: the memory bank's arrays at the end (and after
 frame 0). Peak RSS: the process' high-water resident set over the timed frames (Linux
 VmHWM, reset at their start); with the default --isolate each run has its own process. J&F:
@@ -102,7 +102,8 @@ def make_order(frames: int, order: tuple[str, int]) -> list[int]:
     return ping_pong(frames, value) if kind == "length" else stream_order(frames, value)
 
 
-def schedule(methods: Sequence[str], point_frames: Sequence[int], repeats: int, balance: bool) -> list[tuple[str, int]]:
+def schedule(methods: Sequence[str], point_frames: Sequence[int], repeats: int,
+             balance: bool) -> list[tuple[str, int]]:
     """The runs of a benchmark, in order: (method, point index) pairs, method-major (one
     method's lengths back to back, so lengths are compared under the same machine conditions).
 
@@ -577,7 +578,8 @@ def _methods(ctx, param, value: str | None) -> list[str]:
 @click.option("--warmup", type=click.IntRange(min=0), default=WARMUP_FRAMES, show_default=True,
               help="Frames stepped (then reset) before each timed video.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run every (method, length) this many times (× the balance factor); latencies are pooled.")
+              help="Run every (method, length) this many times (× the balance factor); latencies are "
+                   "pooled.")
 @click.option("--balance/--no-balance", default=True, show_default=True,
               help="Repeat shorter videos until each length is timed over about as many frames as the longest, "
                    "their runs spread evenly around the longest one's (machine drift then weighs on every "
@@ -627,7 +629,8 @@ def main(data, sequence, methods, lengths, stream_frames, resolution, providers,
                 "precision": precision,
                 "resolution": manifest.resolution if resolution == "manifest" else resolution or "native",
                 "mode": "stream" if stream_frames is not None else "lengths",
-                "warmup_frames": warmup, "repeats": repeats, "balance": balance, "isolation": "process" if isolate else "none",
+                "warmup_frames": warmup, "repeats": repeats, "balance": balance,
+                "isolation": "process" if isolate else "none",
                 "complete": False, "interrupted": False,
                 "results": [], "reference": None if reference else {"skipped": why_not},
             }

@@ -192,15 +192,20 @@ def test_unknown_method_is_a_usage_error(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "nope" in result.output and "first_latest" in result.output and not built
 
 
-def test_repeats_are_pooled(tmp_path, monkeypatch):
-    calls = []
-    real = bench.measure
+def record_runs(monkeypatch) -> list:
+    """→ the list that gets (segmenter.method, frames) of every measured run, in order."""
+    calls, real = [], bench.measure
 
     def counting(segmenter, frames, gt, prompts, order, *args, **kwargs):
         calls.append((segmenter.method, len(order)))
         return real(segmenter, frames, gt, prompts, order, *args, **kwargs)
 
     monkeypatch.setattr(bench, "measure", counting)
+    return calls
+
+
+def test_repeats_are_pooled(tmp_path, monkeypatch):
+    calls = record_runs(monkeypatch)
     result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "every_k,lfu", "--lengths", "1,2",
                                    "--repeats", "2", "--no-balance")
     assert result.exit_code == 0, result.output
@@ -213,14 +218,7 @@ def test_repeats_are_pooled(tmp_path, monkeypatch):
 
 
 def test_balance_spreads_short_videos_around_the_longest(tmp_path, monkeypatch):
-    calls = []
-    real = bench.measure
-
-    def counting(segmenter, frames, gt, prompts, order, *args, **kwargs):
-        calls.append((segmenter.method, len(order)))
-        return real(segmenter, frames, gt, prompts, order, *args, **kwargs)
-
-    monkeypatch.setattr(bench, "measure", counting)
+    calls = record_runs(monkeypatch)
     result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "every_k,lfu", "--lengths", "1,4")
     assert result.exit_code == 0, result.output
     check_schema(report)
