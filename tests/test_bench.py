@@ -371,7 +371,7 @@ def test_sigint_stops_a_real_run_with_a_partial_json(tmp_path):
     out = tmp_path / "b.json"
     cmd = [sys.executable, "-c", "from benchmarks.bench import main; main()", "--data", tmp_path / "data",
            "--sequence", "clip", "--methods", "first_latest", "--lengths", "1,5000", "--resolution", "native",
-           "--providers", "cpu", "--no-reference", "--warmup", "0", "--json", out]
+           "--providers", "cpu", "--no-reference", "--warmup", "0", "--no-balance", "--json", out]
     proc = subprocess.Popen([str(c) for c in cmd], start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
     try:
