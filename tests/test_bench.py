@@ -372,8 +372,11 @@ def test_sigint_stops_a_real_run_with_a_partial_json(tmp_path):
     cmd = [sys.executable, "-c", "from benchmarks.bench import main; main()", "--data", tmp_path / "data",
            "--sequence", "clip", "--methods", "first_latest", "--lengths", "1,5000", "--resolution", "native",
            "--providers", "cpu", "--no-reference", "--warmup", "0", "--no-balance", "--json", out]
+    # SIG_DFL: a test run started in the background (`nohup … &`) ignores SIGINT, and a Python
+    # started with SIGINT ignored keeps ignoring it — as a shell user could not Ctrl-C it either
     proc = subprocess.Popen([str(c) for c in cmd], start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+                            stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
