@@ -27,6 +27,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import islice
 from pathlib import Path
@@ -68,8 +69,8 @@ times. By default (--balance) shorter videos are repeated until every length is 
 about as many frames as the longest (L = 1 twenty times next to L = 20 once), their runs
 spread evenly around the longest one's, so the comparison across lengths does not hang on a
 few seconds of a noisy machine. Each run first steps --warmup frames and resets, then times
-every frame of the video: latency = one Segmenter.step (time.perf_counter), fps = frames / their summed latency, stage
-times = Segmenter.timings means. Bank bytes: the memory bank's arrays at the end (and after
+every frame of the video: latency = one Segmenter.step (time.perf_counter), fps = frames /
+their summed latency, stage times = Segmenter.timings means. Bank bytes: the memory bank's arrays at the end (and after
 frame 0). Peak RSS: the process' high-water resident set over the timed frames (Linux
 VmHWM, reset at their start); with the default --isolate each run has its own process. J&F:
 DAVIS 2017 protocol over the whole synthetic video. The reference (--reference) runs the
@@ -688,8 +689,7 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, balan
         return b, (lambda n: b.update(n - b.n))
 
     runs = schedule(methods, [frames for frames, _, _ in points], repeats, balance)
-    total = {run: runs.count(run) for run in set(runs)}
-    done: dict[tuple[str, int], int] = {}
+    total, done = Counter(runs), Counter()
     try:
         save()
         if reference:   # the first length (a stream: one forward+backward unit)
@@ -712,7 +712,8 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, balan
             if method in skipped:
                 continue
             frames, order, length = points[p]
-            done[(method, p)] = n = done.get((method, p), 0) + 1
+            done[(method, p)] += 1
+            n = done[(method, p)]
             b, progress = bar(frames, f"{method} L={length}" + (f" #{n}/{total[(method, p)]}"
                                                                 if total[(method, p)] > 1 else ""))
             with b:

@@ -14,8 +14,8 @@ def _mib(n) -> str:
     return "–" if n is None else f"{n / MIB:.1f} MiB"
 
 
-def _num(x, fmt: str) -> str:
-    return "–" if x is None else format(x, fmt)
+def _num(x, fmt: str, unit: str = "") -> str:
+    return "–" if x is None else format(x, fmt) + unit
 
 
 def _length(x) -> str:
@@ -31,12 +31,8 @@ def p50_change(results: Sequence[dict]) -> dict[int, float | None]:
     """Per result (by its index in ``results``): its p50 latency relative to the p50 of the
     same method's shortest video, in percent (0 for that one; None when that p50 is 0). The
     constant-cost check of a bounded policy: this stays near 0 however long the video."""
-    rows = measured(results)
-    shortest = {}
-    for r in rows:
-        if r["method"] not in shortest or r["length"] < shortest[r["method"]]["length"]:
-            shortest[r["method"]] = r
-    base = {m: r["latency_ms"]["p50"] for m, r in shortest.items()}
+    longest_first = sorted(measured(results), key=lambda r: -r["length"])
+    base = {r["method"]: r["latency_ms"]["p50"] for r in longest_first}      # the shortest is written last
     return {i: 100 * (r["latency_ms"]["p50"] / base[r["method"]] - 1) if base[r["method"]] > 0 else None
             for i, r in enumerate(results) if "skipped" not in r}
 
@@ -55,7 +51,8 @@ def markdown_table(results: Sequence[dict]) -> str:
             continue
         lat = r["latency_ms"]
         rows.append(f"| `{r['method']}` | {_length(r['length'])} | {r['frames']} | {r['fps']:.1f} | "
-                    f"{lat['p50']:.1f} ms | {_num(change[i], '+.1f')}{'' if change[i] is None else ' %'} | {lat['p90']:.1f} ms | {lat['p99']:.1f} ms | "
+                    f"{lat['p50']:.1f} ms | {_num(change[i], '+.1f', ' %')} | {lat['p90']:.1f} ms | "
+                    f"{lat['p99']:.1f} ms | "
                     f"{_mib(r['bank_bytes'])} | {_mib(r['peak_rss_bytes'])} | {_num(r['jf'], '.1f')} |")
     return "\n".join(rows) + "\n"
 

@@ -73,8 +73,8 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     one per physical core) and **no spinning**. Each session owns a thread pool whose workers
     by default busy-wait after every run; a frame runs 4–8 graphs one after another, so the
     idle pools' spinning workers took the cores from the running one: on the project's 2-core
-    VM (ORT 1.31, CPU EP) spinning off cut a frame from 221 to 118 ms (480 px, every_k) and from
-    70 to 31 ms (240 px, lfu). Raises :class:`~sdk.errors.InputError` for ``threads`` < 1."""
+    VM (ORT 1.31, CPU EP) spinning off cut a frame from 221 to 118–138 ms (480 px, every_k) and
+    from 70 to 24–34 ms (240 px, lfu). Raises :class:`~sdk.errors.InputError` for ``threads`` < 1."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

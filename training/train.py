@@ -129,6 +129,9 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
                            "use device cpu (vos-train --device cpu)")
+    kind = cfg.get("dataset", "clips")
+    if kind not in ("clips", "static"):
+        raise ConfigError(f"config dataset must be 'clips' or 'static', got {kind!r}")
     torch.manual_seed(cfg["seed"])
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.safetensors"
@@ -152,9 +155,6 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
         opt.load_state_dict(torch.load(optim_path, weights_only=True))
 
     seqs = [s for root, split in data for s in load_sequences(root, split)]
-    kind = cfg.get("dataset", "clips")
-    if kind not in ("clips", "static"):
-        raise ConfigError(f"config dataset must be 'clips' or 'static', got {kind!r}")
     common = dict(crop=cfg["crop"], num_frames=cfg["num_frames"], mean=net.config["mean"], std=net.config["std"],
                   length=cfg["iterations"] * cfg["batch_size"], seed=cfg["seed"])
     ds = (StaticPseudoVideoDataset(seqs, **common, **cfg.get("static", {})) if kind == "static"
