@@ -10,6 +10,46 @@ import numpy as np
 ODDS_CLAMP = 1e-7
 
 
+class Workspace:
+    """Arrays reused from frame to frame: one per name, made again only when its shape or
+    dtype changes (a new video size, a new object).
+
+    Why: without it every frame mallocs and frees several MiB of temporaries (at 480p input,
+    3.3 MiB for the probabilities resized to input size alone). Whether glibc gives such
+    blocks back to the kernel, so that the next frame page-faults them in again (~800 faults,
+    1–2 ms), depends on the heap's history: a frame's cost then differed between processes
+    and drifted along a long video. Arrays handed out are overwritten by the next frame; a
+    caller keeps nothing from them past the frame (the Segmenter returns fresh label maps).
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype=np.float32, zeros: bool = False) -> np.ndarray:
+        """The array called `name` of this shape and dtype: its contents are whatever the last
+        frame left (all zero when it is new and `zeros`)."""
+        shape = tuple(int(n) for n in shape)
+        a = self._arrays.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            a = self._arrays[name] = (np.zeros if zeros else np.empty)(shape, dtype)
+        return a
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(a.nbytes for a in self._arrays.values())
+
+    def clear(self) -> None:
+        """Let every array go (a new video)."""
+        self._arrays.clear()
+
+
+def _array(work: Workspace | None, name: str, shape, dtype=np.float32, zeros: bool = False) -> np.ndarray:
+    if work is None:
+        return (np.zeros if zeros else np.empty)(shape, dtype)
+    return work.array(name, shape, dtype, zeros)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where a frame of input size (height, width) goes inside the graphs.
@@ -46,13 +86,15 @@ class Geometry:
     def resized(self) -> bool:
         return (self.resized_h, self.resized_w) != (self.height, self.width)
 
-    def image(self, frame: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-        """RGB uint8 [H,W,3] → normalised, padded float32 [1,3,Hp,Wp]: (rgb/255 − mean)/std."""
+    def image(self, frame: np.ndarray, mean: np.ndarray, std: np.ndarray, work: Workspace | None = None) -> np.ndarray:
+        """RGB uint8 [H,W,3] → normalised, padded float32 [1,3,Hp,Wp]: (rgb/255 − mean)/std
+        (in `work`'s "image" array when given)."""
         if self.resized:
             shrink = self.resized_h < self.height
             frame = cv2.resize(frame, (self.resized_w, self.resized_h),
+                               _array(work, "image_resized", (self.resized_h, self.resized_w, 3), np.uint8),
                                interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        out = np.zeros((1, 3, self.padded_h, self.padded_w), np.float32)
+        out = _array(work, "image", (1, 3, self.padded_h, self.padded_w), zeros=True)   # the padding stays 0
         view = out[0, :, :self.resized_h, :self.resized_w]
         np.multiply(frame.transpose(2, 0, 1), (1 / (255 * std))[:, None, None], out=view)
         view -= (mean / std)[:, None, None]
@@ -66,44 +108,63 @@ class Geometry:
         out[:self.resized_h, :self.resized_w] = mask
         return out
 
-    def to_input(self, probs: np.ndarray) -> np.ndarray:
-        """[C,Hp,Wp] float32 → [C,H,W] float32: crop the padding, bilinear resize to input size."""
+    def to_input(self, probs: np.ndarray, work: Workspace | None = None) -> np.ndarray:
+        """[C,Hp,Wp] float32 → [C,H,W] float32: crop the padding, bilinear resize to input size
+        (a view of `work`'s arrays when given)."""
         probs = probs[:, :self.resized_h, :self.resized_w]
         if not self.resized:
             return probs
-        hwc = cv2.resize(np.ascontiguousarray(probs.transpose(1, 2, 0)), (self.width, self.height),
+        c = len(probs)
+        small = _array(work, "to_input_small", (self.resized_h, self.resized_w, c))
+        np.copyto(small, probs.transpose(1, 2, 0))
+        hwc = cv2.resize(small, (self.width, self.height), _array(work, "to_input", (self.height, self.width, c)),
                          interpolation=cv2.INTER_LINEAR)
-        return hwc.reshape(self.height, self.width, -1).transpose(2, 0, 1)
+        return hwc.reshape(self.height, self.width, c).transpose(2, 0, 1)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function without overflow warnings, float32 in → float32 out."""
-    return 0.5 * (1 + np.tanh(0.5 * x))
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Logistic function without overflow warnings, float32 in → float32 out (`out` may be `x`)."""
+    out = np.multiply(x, np.float32(0.5), out=out)
+    np.tanh(out, out=out)
+    out += 1
+    out *= 0.5
+    return out
 
 
-def soft_aggregate(prob: np.ndarray) -> np.ndarray:
+def soft_aggregate(prob: np.ndarray, work: Workspace | None = None) -> np.ndarray:
     """Soft aggregation of per-object probabilities (STM; STCN ``aggregate``).
 
     prob [N,H,W] float32 in [0,1] → [N+1,H,W] float32 summing to 1 over axis 0, channel 0 the
     background: bg = Π(1 − p_i); each of [bg, p_1..p_N] is clamped to [1e-7, 1 − 1e-7] and the
-    softmax of their logits log(p/(1−p)) is taken, i.e. odds normalised to sum 1.
+    softmax of their logits log(p/(1−p)) is taken, i.e. odds normalised to sum 1. With `work`,
+    the result is its "aggregate" array.
     """
-    out = np.empty((len(prob) + 1, *prob.shape[1:]), np.float32)
-    np.prod(1 - prob, axis=0, out=out[0])
+    out = _array(work, "aggregate", (len(prob) + 1, *prob.shape[1:]))
+    rest = _array(work, "aggregate_rest", out.shape)
+    np.subtract(1, prob, out=rest[1:])
+    np.prod(rest[1:], axis=0, out=out[0])
     out[1:] = prob
     np.clip(out, ODDS_CLAMP, 1 - ODDS_CLAMP, out=out)
-    out /= 1 - out                                       # odds = exp(logit)
-    out /= out.sum(0, keepdims=True)
+    np.subtract(1, out, out=rest)
+    out /= rest                                          # odds = exp(logit)
+    np.sum(out, axis=0, out=rest[0])
+    out /= rest[0]
     return out
 
 
-def channel_argmax(x: np.ndarray) -> np.ndarray:
+def channel_argmax(x: np.ndarray, work: Workspace | None = None) -> np.ndarray:
     """[C,H,W] (any strides) → uint8 [H,W] index of the largest channel, first on ties (as
-    ``np.argmax(x, 0)``, in C cheap passes instead of a strided reduction)."""
-    best = x[0].copy()
-    index = np.zeros(best.shape, np.uint8)
+    ``np.argmax(x, 0)``, in C cheap branch-free passes instead of a strided reduction). With
+    `work`, the result is its "argmax" array."""
+    shape = x.shape[1:]
+    best = _array(work, "argmax_best", shape, x.dtype)
+    above = _array(work, "argmax_above", shape, np.bool_)
+    index = _array(work, "argmax", shape, np.uint8)
+    np.copyto(best, x[0])
+    index.fill(0)
     for c in range(1, len(x)):
-        index[x[c] > best] = c
+        np.greater(x[c], best, out=above)
+        np.copyto(index, c, where=above)
         np.maximum(best, x[c], out=best)
     return index
 

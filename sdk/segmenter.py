@@ -9,7 +9,7 @@ import numpy as np
 from .bank import MemoryBank
 from .errors import InputError, ManifestError
 from .manifest import GRAPH_NAMES, Manifest, resolve_model
-from .ops import Geometry, channel_argmax, merge_given, sigmoid, soft_aggregate
+from .ops import Geometry, Workspace, channel_argmax, merge_given, sigmoid, soft_aggregate
 from .policies import MemoryPolicy, Write, make_policy
 from .runtime import Graphs
 
@@ -100,6 +100,7 @@ class Segmenter:
         self._lut = np.zeros(1, np.uint8)            # argmax channel → label value
         self._geometry: Geometry | None = None
         self._first_prior = self._prev_prior = None  # [1,1,Hp,Wp] float32 (prior enhancement)
+        self._work = Workspace()                     # per-frame arrays, reused (ops.Workspace)
         self._t = 0
 
     @property
@@ -158,7 +159,7 @@ class Segmenter:
             self._geometry = Geometry.for_frame(frame.shape[0], frame.shape[1], self.resolution,
                                                 self.manifest.stride)
         geo, t = self._geometry, self._t
-        image = geo.image(frame, self._mean, self._std)
+        image = geo.image(frame, self._mean, self._std, self._work)
         given_map = None if mask is None else geo.label_map(mask)
         t1 = perf_counter()
         ms["preprocess"] = (t1 - t0) * 1e3
@@ -186,13 +187,13 @@ class Segmenter:
         t4 = perf_counter()
 
         probs = prob if mask is None else merge_given(prob, given_map, given_idx, given, len(self._labels))
-        agg = soft_aggregate(probs)                                   # [N+1,Hp,Wp]
-        full = geo.to_input(agg)                                      # [N+1,H,W]
+        agg = soft_aggregate(probs, self._work)                       # [N+1,Hp,Wp]
+        full = geo.to_input(agg, self._work)                          # [N+1,H,W]
         if mask is None:
-            out = self._lut[channel_argmax(full)]
+            out = self._lut[channel_argmax(full, self._work)]         # a fresh array: the caller's
         else:
             rest = [c for c in range(len(full)) if c - 1 not in given_idx]   # bg + objects not given
-            out = np.where(mask > 0, mask, self._lut[rest][channel_argmax(full[rest])])
+            out = np.where(mask > 0, mask, self._lut[rest][channel_argmax(full[rest], self._work)])
         t5 = perf_counter()
         ms["postprocess"] = (t5 - t4) * 1e3
 
@@ -232,7 +233,9 @@ class Segmenter:
     def _encode_value(self, image, f16, agg, ms) -> np.ndarray:
         """Value encoder on the soft-aggregated prediction agg [N+1,Hp,Wp] → value [N,C_v,h,w]."""
         own = agg[1:]
-        masks = np.stack([own, own.sum(0, keepdims=True) - own], 1)   # [N,2,Hp,Wp]
+        masks = self._work.array("value_masks", (len(own), 2, *own.shape[1:]))   # [N,2,Hp,Wp]
+        masks[:, 0] = own
+        np.subtract(own.sum(0), own, out=masks[:, 1])                 # the other objects
         t0 = perf_counter()
         (value,) = self._graphs.run("value_encoder", {"image": image, "f16": f16, "masks": masks})
         ms["value_encoder"] = (perf_counter() - t0) * 1e3
@@ -264,7 +267,7 @@ class Segmenter:
         (logits,) = self._graphs.run("decoder", {"readout": readout, "f16": f16, "f8": f8, "f4": f4})
         t3 = perf_counter()
         ms["readout"], ms["decoder"] = (t1 - t0) * 1e3, (t3 - t2) * 1e3
-        return sigmoid(logits[:, 0])
+        return sigmoid(logits[:, 0], out=logits[:, 0])
 
     # -- input checks ----------------------------------------------------------------------
     def _check_frame(self, frame) -> np.ndarray:

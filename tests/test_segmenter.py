@@ -1,13 +1,14 @@
 """Segmenter end to end on the tiny export (random weights: we check the machinery — shapes,
 labels, memory contents, bank reuse, object bookkeeping, errors — not segmentation quality)."""
 import logging
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from sdk import Segmenter
 from sdk.errors import InputError
-from sdk.ops import Geometry, one_hot, soft_aggregate
+from sdk.ops import Geometry, Workspace, channel_argmax, one_hot, sigmoid, soft_aggregate
 from sdk.segmenter import STAGES
 
 
@@ -40,6 +41,58 @@ def test_soft_aggregate():
     assert agg[:, 0, 1].argmax() == 0 and agg[:, 0, 2].argmax() == 2
     assert agg[1, 0, 0] > agg[2, 0, 0] > agg[0, 0, 0]
     assert one_hot(np.array([[0, 3, 7]], np.uint8), [3, 7]).tolist() == [[[0, 1, 0]], [[0, 0, 1]]]
+
+
+def postprocess(g: Geometry, logits: np.ndarray, work: Workspace | None) -> tuple[np.ndarray, np.ndarray]:
+    """The Segmenter's way from decoder logits [N,Hp,Wp] to (soft aggregate, argmax at input size)."""
+    prob = sigmoid(logits, out=logits if work is not None else None)
+    agg = soft_aggregate(prob, work)
+    return agg, channel_argmax(g.to_input(agg, work), work)
+
+
+def test_workspace_gives_the_same_results_and_reuses_its_arrays():
+    g = Geometry.for_frame(480, 854, 240, 16)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (480, 854, 3), np.uint8)
+    mean, std = np.full(3, 0.45, np.float32), np.full(3, 0.22, np.float32)
+    logits = rng.normal(0, 4, (2, g.padded_h, g.padded_w)).astype(np.float32)
+    plain_image, (plain_agg, plain_index) = g.image(frame, mean, std), postprocess(g, logits.copy(), None)
+    assert np.array_equal(plain_index, np.argmax(g.to_input(plain_agg), 0))
+    work = Workspace()
+    for _ in range(2):                                   # the second frame reuses the first one's arrays
+        image = g.image(frame, mean, std, work)
+        agg, index = postprocess(g, logits.copy(), work)
+        assert np.array_equal(image, plain_image) and np.array_equal(index, plain_index)
+        np.testing.assert_array_equal(agg, plain_agg)
+    held = work.nbytes
+    assert held > 480 * 854 * 3 * 4                      # the input-size probabilities are among them
+    tracemalloc.start()
+    try:
+        copy = logits.copy()
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        g.image(frame, mean, std, work)
+        postprocess(g, copy, work)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    # nothing large allocated in steady state (ufunc casting buffers are 64 KiB; without the
+    # workspace a frame allocates several MiB)
+    assert peak < 256 * 1024 and work.nbytes == held
+    assert work.array("argmax", (480, 854), np.uint8) is index
+    assert work.array("argmax", (240, 427), np.uint8).shape == (240, 427)   # a new size: a new array
+    work.clear()
+    assert work.nbytes == 0
+
+
+def test_step_results_are_the_callers(seg_factory, square_clip):
+    frames, masks = square_clip(4, label=2)
+    seg = seg_factory(method="every_k")
+    first = [seg.step(frames[0], masks[0]), seg.step(frames[1])]
+    kept = [out.copy() for out in first]
+    later = [seg.step(frame) for frame in frames[2:]]
+    assert all(np.array_equal(a, b) for a, b in zip(first, kept))   # later frames overwrite nothing of theirs
+    assert not any(np.shares_memory(a, b) for a in first for b in later)
 
 
 # -- policies through the Segmenter ------------------------------------------------------------
