@@ -66,13 +66,13 @@ Examples:
 \b
 L = 1 is the sequence forward then backward (2T-2 frames for T frames), L = 10 that ten
 times. By default (--balance) shorter videos are repeated until every length is timed over
-about as many frames as the longest (L = 1 twenty times next to L = 20 once), their runs
-spread evenly around the longest one's, so the comparison across lengths does not hang on a
-few seconds of a noisy machine. Each run first steps --warmup frames and resets, then times
-every frame of the video: latency = one Segmenter.step (time.perf_counter), fps = frames /
+about as many frames as the longest (L = 1 twenty times next to L = 20 once), and
+(--lockstep) a method's lengths run side by side, one process each, taking turns one frame
+at a time, so the comparison across lengths does not hang on a noisy machine's drift. Each
+video first steps --warmup frames and resets, then times every frame of the video: latency = one Segmenter.step (time.perf_counter), fps = frames /
 their summed latency, stage times = Segmenter.timings means. Bank bytes: the memory bank's arrays at the end (and after
 frame 0). Peak RSS: the process' high-water resident set over the timed frames (Linux
-VmHWM, reset at their start); with the default --isolate each run has its own process. J&F:
+VmHWM, reset at their start); with the default --isolate each length has its own process. J&F:
 DAVIS 2017 protocol over the whole synthetic video. The reference (--reference) runs the
 same weights' every_k loop through PyTorch on the first length, frame by frame alternating
 with the sdk: overhead_ratio = sdk ms/frame over torch ms/frame. Methods the model cannot run
@@ -118,10 +118,16 @@ def schedule(methods: Sequence[str], point_frames: Sequence[int], repeats: int,
     if not balance:
         block = [(m, p) for m in methods for p in range(len(point_frames))]
         return [run for r in range(repeats) for run in (block if r % 2 == 0 else block[::-1])]
-    longest = max(point_frames)
-    counts = [repeats * -(-longest // f) for f in point_frames]
+    counts = run_counts(point_frames, repeats, balance)
     centres = sorted(((i + 0.5) / c, -point_frames[p], p) for p, c in enumerate(counts) for i in range(c))
     return [(m, p) for m in methods for _, _, p in centres]
+
+
+def run_counts(point_frames: Sequence[int], repeats: int, balance: bool) -> list[int]:
+    """Videos played per point: ``repeats × ⌈max(point_frames) / point_frames[p]⌉`` with
+    ``balance`` (every length timed over about as many frames as the longest), else ``repeats``."""
+    longest = max(point_frames)
+    return [repeats * (-(-longest // f) if balance else 1) for f in point_frames]
 
 
 def unit_frames(frames: int) -> int:
@@ -268,35 +274,51 @@ def _throttled(progress: Callable[[int], None] | None) -> Callable[[int, bool], 
 
 
 def measure(segmenter, frames: Sequence[np.ndarray], gt: Sequence[np.ndarray], sequence_prompts: Sequence,
-            order: Sequence[int], warmup: int = WARMUP_FRAMES, progress: Callable[[int], None] | None = None) -> dict:
+            order: Sequence[int], warmup: int = WARMUP_FRAMES, progress: Callable[[int], None] | None = None,
+            turn: Callable[[], None] | None = None) -> dict:
     """Play frames[order] through `segmenter` and measure it.
 
     The first `warmup` frames of the video are stepped and the segmenter reset; then every
     frame of the video is timed (time.perf_counter around ``step``) with the peak-RSS mark
     reset at its start, and scored against gt[order]. → raw per-frame record: {"latency_s":
-    [...], "stages_ms": {stage: [...]}, "bank_bytes": [...] (after each frame), "jf", "j",
-    "f" (×100, None when no frame is scored), "peak_rss_bytes", "baseline_rss_bytes",
-    "rss_scope" ("run" | "process"), "gpu_memory_bytes", "providers", "resolution",
-    "wall_s"}. `progress(frames done)` is called now and then.
+    [...], "started_s": [...] (perf_counter at each timed step's start), "stages_ms": {stage:
+    [...]}, "bank_bytes": [...] (after each frame), "jf", "j", "f" (×100, None when no frame
+    is scored), "peak_rss_bytes", "baseline_rss_bytes", "rss_scope" ("run" | "process"),
+    "gpu_memory_bytes", "providers", "resolution", "wall_s" (not counting `turn`)}.
+    `progress(frames done)` is called now and then; `turn()`, when given, before every step
+    (warm-up ones too): it returns when this video may take its next step (:func:`lockstep`).
     """
     masks = played_prompts(sequence_prompts, order)
+    waited = [0.0]
+
+    def wait_turn() -> None:
+        if turn is not None:
+            start = time.perf_counter()
+            turn()
+            waited[0] += time.perf_counter() - start
+
     segmenter.reset()
     for t in range(min(warmup, len(order))):
+        wait_turn()
         segmenter.step(frames[order[t]], masks[t])
     segmenter.reset()
     latencies: list[float] = []
+    started: list[float] = []
     banks: list[int] = []
     stages: dict[str, list[float]] = {}
     report = _throttled(progress)
     scope = "run" if reset_peak_rss() else "process"
     baseline = _proc_status_bytes("VmRSS")
+    waited[0] = 0.0
     wall = time.perf_counter()
 
     def stream():
         for t, i in enumerate(order):
+            wait_turn()
             start = time.perf_counter()
             labels = segmenter.step(frames[i], masks[t])
             latencies.append(time.perf_counter() - start)
+            started.append(start)
             banks.append(int(segmenter.bank_bytes))
             for name, ms in (getattr(segmenter, "timings", None) or {}).items():
                 stages.setdefault(name, []).append(float(ms))
@@ -304,7 +326,7 @@ def measure(segmenter, frames: Sequence[np.ndarray], gt: Sequence[np.ndarray], s
             yield labels
 
     objects = evaluate_sequence(stream(), [gt[i] for i in order])
-    wall = time.perf_counter() - wall
+    wall = time.perf_counter() - wall - waited[0]
     report(len(order), True)
     try:
         scores = summarize(objects.values())
@@ -313,7 +335,7 @@ def measure(segmenter, frames: Sequence[np.ndarray], gt: Sequence[np.ndarray], s
         jf = j = f = None
     providers = list(getattr(segmenter, "providers", []))
     return {
-        "latency_s": latencies, "stages_ms": stages, "bank_bytes": banks, "jf": jf, "j": j, "f": f,
+        "latency_s": latencies, "started_s": started, "stages_ms": stages, "bank_bytes": banks, "jf": jf, "j": j, "f": f,
         "peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline, "rss_scope": scope,
         "gpu_memory_bytes": gpu_memory_bytes() if "CUDAExecutionProvider" in providers else None,
         "providers": providers, "resolution": getattr(segmenter, "resolution", None), "wall_s": wall,
@@ -372,11 +394,12 @@ class Skip(Exception):
     """The model cannot run this method (sdk.ManifestError when the segmenter is built)."""
 
 
-def execute(task: dict, progress=None, loaded=None, segmenters: dict | None = None) -> dict:
+def execute(task: dict, progress=None, loaded=None, segmenters: dict | None = None, turn=None) -> dict:
     """Carry out one task (a plain dict, so it crosses to a spawned process): load the
     sequence (unless `loaded`), build the segmenter (unless cached in `segmenters`), then
-    :func:`measure` (kind "bench") or the PyTorch reference (kind "reference").
-    Raises :class:`Skip` when the segmenter cannot be built for this model (ManifestError)."""
+    :func:`measure` (kind "bench", stepping on `turn`) or the PyTorch reference (kind
+    "reference"). Raises :class:`Skip` when the segmenter cannot be built for this model
+    (ManifestError)."""
     model_dir = resolve_model(task["model"]).root
     if sha256_file(model_dir / MANIFEST_FILE) != task["manifest_sha256"]:
         raise ValueError(f"the model {model_dir} changed while the benchmark ran (its manifest.json differs); "
@@ -399,23 +422,33 @@ def execute(task: dict, progress=None, loaded=None, segmenters: dict | None = No
 
         return reference_run(segmenter, task["checkpoints"], frames, played_prompts(seq_prompts, order), gt, order,
                              task["warmup"], progress)
-    return measure(segmenter, frames, gt, seq_prompts, order, task["warmup"], progress)
+    return measure(segmenter, frames, gt, seq_prompts, order, task["warmup"], progress, turn)
 
 
-def _child(task: dict, messages) -> None:
-    """Entry of a spawned run: Ctrl-C is the parent's to handle (it terminates us)."""
+def _outcome(work: Callable[[], object]) -> tuple[str, object]:
+    """`work()` → ("result", value) | ("skipped", reason) | ("error", message)."""
+    try:
+        return "result", work()
+    except Skip as exc:
+        return "skipped", str(exc)
+    except (VosEdgeError, OSError, ValueError) as exc:
+        return "error", f"{type(exc).__name__}: {exc}"
+    except BaseException:   # noqa: BLE001 - reported to the parent, which fails with it
+        return "error", traceback.format_exc()
+
+
+def _child_signals() -> None:
+    """In a spawned run: Ctrl-C is the parent's to handle (it terminates us)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # also drops one pending since the start
     with contextlib.suppress(AttributeError, OSError, ValueError):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     warnings.simplefilter("ignore")
-    try:
-        messages.put(("result", execute(task, progress=lambda n: messages.put(("progress", n)))))
-    except Skip as exc:
-        messages.put(("skipped", str(exc)))
-    except (VosEdgeError, OSError, ValueError) as exc:
-        messages.put(("error", f"{type(exc).__name__}: {exc}"))
-    except BaseException:   # noqa: BLE001 - reported to the parent, which fails with it
-        messages.put(("error", traceback.format_exc()))
+
+
+def _child(task: dict, messages) -> None:
+    """Entry of a spawned run: its outcome (and progress on the way) go to `messages`."""
+    _child_signals()
+    messages.put(_outcome(lambda: execute(task, progress=lambda n: messages.put(("progress", n)))))
 
 
 @contextlib.contextmanager
@@ -468,6 +501,131 @@ def run_isolated(task: dict, progress=None) -> tuple[str, object]:
             proc.kill()
             proc.join()
         messages.close()
+
+
+# --- lockstep: a method's lengths take turns frame by frame ----------------------------------------
+
+
+def play_lane(task: dict, turn: Callable[[], None], progress: Callable[[int], None]) -> list[dict]:
+    """Play task["videos"] videos of one (method, length) back to back on one segmenter,
+    every step on `turn` → their :func:`measure` records. `progress(frames timed)` counts
+    across the videos."""
+    loaded = load_sequence(Path(task["data"]), task["sequence"], task["max_frames"], task["size"])
+    segmenters: dict = {}
+    records: list[dict] = []
+    for _ in range(task["videos"]):
+        before = sum(len(r["latency_s"]) for r in records)
+        records.append(execute(task, lambda n, before=before: progress(before + n), loaded, segmenters, turn))
+    return records
+
+
+def _lane_child(task: dict, conn) -> None:
+    """Entry of a lane's process: before every step it sends ("ready", frames timed) and waits
+    for "go"; at the end it sends its outcome (records as "result")."""
+    _child_signals()
+    timed = [0]
+
+    def turn() -> None:
+        conn.send(("ready", timed[0]))
+        if conn.recv() != "go":
+            raise SystemExit(0)
+
+    def progress(n: int) -> None:
+        timed[0] = n
+
+    conn.send(_outcome(lambda: play_lane(task, turn, progress)))
+
+
+class Lane:
+    """One (method, length) in its own spawned process, stepping only when told (:func:`lockstep`)."""
+
+    def __init__(self, ctx, task: dict):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_lane_child, args=(task, child), daemon=True, name="vos-bench-lane")
+        with _sigint_held():
+            self.proc.start()
+        child.close()
+
+    def receive(self) -> tuple[str, object]:
+        """The lane's next message: ("ready", frames timed) or its outcome; a dead process is an error."""
+        while not self.conn.poll(0.2):
+            if not self.proc.is_alive() and not self.conn.poll(2):
+                return "error", f"the benchmark process died (exit code {self.proc.exitcode})"
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.proc.join(5)
+            return "error", f"the benchmark process died (exit code {self.proc.exitcode})"
+
+    def step(self) -> tuple[str, object]:
+        """Let the lane take one step and wait until it has: → its next message."""
+        self.conn.send("go")
+        return self.receive()
+
+    def close(self) -> None:
+        """Stop the process (at once unless it is exiting anyway)."""
+        self.proc.join(0.5 if not self.proc.is_alive() else 0)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def lockstep(tasks: Sequence[dict], progress: Callable[[int], None] | None = None,
+             finished: Callable[[int, str, object], None] | None = None) -> list[tuple[str, object]]:
+    """Run `tasks` (one per length of a method) in lockstep: each in its own spawned process
+    (its own peak RSS) and one step at a time, round-robin (cycle c starts at lane c mod n),
+    so every length is timed under the same machine conditions, frame by frame. A 2-core
+    VM's speed wanders by ±15 % between 4-s windows; a run-by-run schedule leaves the
+    longest video's single long run exposed to that, lockstep does not.
+
+    Lanes load and build their segmenters in parallel, then no lane steps until all are ready.
+    `progress(frames timed over all lanes)` is called after steps, `finished(i, kind, payload)`
+    as lane i ends. → (kind, payload) per task: ("result", [record per video]) |
+    ("skipped", reason) | ("error", message); after the first error or skip the other lanes
+    are stopped and answer ("skipped" | "error", same message). Ctrl-C (KeyboardInterrupt)
+    stops every lane and propagates.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    lanes: list[Lane] = []
+    outcomes: list[tuple[str, object] | None] = [None] * len(tasks)
+    timed = [0] * len(tasks)
+
+    def settle(i: int, message: tuple[str, object]) -> bool:
+        """Record lane i's message → whether it is still stepping."""
+        kind, payload = message
+        if kind == "ready":
+            timed[i] = payload
+            return True
+        outcomes[i] = message
+        if kind == "result":
+            timed[i] = sum(len(record["latency_s"]) for record in payload)
+        if finished:
+            finished(i, kind, payload)
+        return False
+
+    try:
+        lanes = [Lane(ctx, task) for task in tasks]
+        live = [i for i, lane in enumerate(lanes) if settle(i, lane.receive())]
+        cycle = 0
+        while live and all(o is None or o[0] == "result" for o in outcomes):
+            k = cycle % len(live)
+            for i in live[k:] + live[:k]:
+                if not settle(i, lanes[i].step()):
+                    live.remove(i)
+                    if outcomes[i][0] != "result":
+                        break
+            cycle += 1
+            if progress:
+                progress(sum(timed))
+    finally:
+        for lane in lanes:
+            lane.close()
+    failed = next((o for o in outcomes if o is not None and o[0] != "result"), None)
+    return [o if o is not None else failed for o in outcomes]
 
 
 def run_inprocess(task: dict, cache: dict, progress=None) -> tuple[str, object]:
@@ -589,12 +747,20 @@ def _methods(ctx, param, value: str | None) -> list[str]:
               help="Use only the first N frames of the sequence (quick runs, tests).")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Each run in a fresh process (its own peak RSS), or all in this one.")
+@click.option("--lockstep/--no-lockstep", "lockstep_runs", default=None,
+              help="Run a method's lengths at once, one process each, taking turns frame by frame, so "
+                   "machine drift weighs on every length alike. Default: on with --isolate. "
+                   "--no-lockstep: one run after another.")
 def main(data, sequence, methods, lengths, stream_frames, resolution, providers, precision, model, json_path,
-         plots_dir, table_path, reference, checkpoint, warmup, repeats, balance, max_frames, isolate):
+         plots_dir, table_path, reference, checkpoint, warmup, repeats, balance, max_frames, isolate,
+         lockstep_runs):
     """Benchmark memory policies on synthetic long videos: fps, latency p50/p90/p99, stage
     times, memory-bank bytes, peak RSS, GPU memory and J&F against video length."""
     if stream_frames is not None and lengths is not None:
         raise click.UsageError("--frames (one stream of N frames) and --lengths exclude each other")
+    if lockstep_runs and not isolate:
+        raise click.UsageError("--lockstep runs every length in its own process; it cannot go with --no-isolate")
+    lockstep_runs = isolate if lockstep_runs is None else lockstep_runs
     resolution, size = resolution
     with cli.user_errors():
         count, native_size = check_sequence(data, sequence, max_frames)
@@ -631,12 +797,12 @@ def main(data, sequence, methods, lengths, stream_frames, resolution, providers,
                 "resolution": manifest.resolution if resolution == "manifest" else resolution or "native",
                 "mode": "stream" if stream_frames is not None else "lengths",
                 "warmup_frames": warmup, "repeats": repeats, "balance": balance,
-                "isolation": "process" if isolate else "none",
+                "isolation": "process" if isolate else "none", "lockstep": lockstep_runs,
                 "complete": False, "interrupted": False,
                 "results": [], "reference": None if reference else {"skipped": why_not},
             }
-            _bench(report, base, methods, points, reference, checkpoints, repeats, balance, isolate, json_path,
-                   plots_dir, table_path)
+            _bench(report, base, methods, points, reference, checkpoints, repeats, balance, isolate, lockstep_runs,
+                   json_path, plots_dir, table_path)
 
 
 def _reference_plan(reference: bool | None, checkpoint: Path | None, manifest) -> tuple[bool, list[Path], str]:
@@ -658,9 +824,10 @@ def _reference_plan(reference: bool | None, checkpoint: Path | None, manifest) -
     return (not why), checkpoints, why
 
 
-def _bench(report, base, methods, points, reference, checkpoints, repeats, balance, isolate, json_path,
-           plots_dir, table_path) -> None:
-    """Run the schedule, rewriting the JSON after every run; Ctrl-C → partial JSON, exit 130."""
+def _bench(report, base, methods, points, reference, checkpoints, repeats, balance, isolate, lockstep_runs,
+           json_path, plots_dir, table_path) -> None:
+    """Run the schedule (method by method in :func:`lockstep`, or run by run), rewriting the
+    JSON after every run; Ctrl-C → partial JSON, exit 130."""
     cache: dict = {}
     run = (lambda task, progress: run_isolated(task, progress)) if isolate else (
         lambda task, progress: run_inprocess(task, cache, progress))
@@ -688,7 +855,35 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, balan
         b = tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
         return b, (lambda n: b.update(n - b.n))
 
-    runs = schedule(methods, [frames for frames, _, _ in points], repeats, balance)
+    def run_lockstep(method: str) -> None:
+        """All of `method`'s lengths at once, in lockstep; each saved as its lane ends."""
+        counts = run_counts([frames for frames, _, _ in points], repeats, balance)
+        tasks = [{**base, "kind": "bench", "method": method, "order": order, "videos": counts[p]}
+                 for p, (_, order, _) in enumerate(points)]
+
+        def finished(p: int, kind: str, payload) -> None:
+            if kind == "result":
+                raws[(method, p)] = payload
+                providers[:] = providers or payload[0]["providers"]
+                tqdm.write(_summary_line(summarize_runs(method, points[p][2], payload)))
+                save()
+
+        lengths = ",".join(str(length) for _, _, length in points)
+        b, progress = bar(sum(c * frames for c, (frames, _, _) in zip(counts, points)),
+                          f"{method} L={lengths} in lockstep" if len(points) > 1 else f"{method} L={lengths}")
+        with b:
+            outcomes = lockstep(tasks, progress, finished)
+        failed = next((p for p, (kind, _) in enumerate(outcomes) if kind != "result"), None)
+        if failed is not None:
+            kind, payload = outcomes[failed]
+            if kind == "error":
+                save()
+                raise click.ClickException(f"{method} L={points[failed][2]}: {payload}")
+            skipped[method] = payload
+            tqdm.write(f"warning: {method} skipped: {payload}", file=sys.stderr)
+            save()
+
+    runs = [] if lockstep_runs else schedule(methods, [frames for frames, _, _ in points], repeats, balance)
     total, done = Counter(runs), Counter()
     try:
         save()
@@ -708,6 +903,8 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, balan
                 report["reference"] = {"skipped": payload}
                 tqdm.write(f"warning: PyTorch reference skipped: {payload}", file=sys.stderr)
             save()
+        for method in methods if lockstep_runs else []:
+            run_lockstep(method)
         for method, p in runs:
             if method in skipped:
                 continue
@@ -726,7 +923,7 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, balan
                 raise click.ClickException(f"{method} L={length}: {payload}")
             else:
                 raws.setdefault((method, p), []).append(payload)
-                providers = providers or payload["providers"]
+                providers[:] = providers or payload["providers"]
                 if n == total[(method, p)]:
                     tqdm.write(_summary_line(summarize_runs(method, length, raws[(method, p)])))
             save()

@@ -70,6 +70,7 @@ TOP = {"format": str, "version": int, "created": str, "machine": dict, "data": s
        "sequence_frames": int, "unit_frames": int, "input_size": list, "model": str, "model_config": str,
        "model_manifest_sha256": str,
        "precision": str, "mode": str, "warmup_frames": int, "repeats": int, "balance": bool, "isolation": str,
+       "lockstep": bool,
        "complete": bool,
        "interrupted": bool, "results": list}
 MACHINE = {"cpu": str, "cores": int, "platform": str, "onnxruntime": str, "providers": list, "python": str,
@@ -222,7 +223,7 @@ def test_balance_spreads_short_videos_around_the_longest(tmp_path, monkeypatch):
     result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "every_k,lfu", "--lengths", "1,4")
     assert result.exit_code == 0, result.output
     check_schema(report)
-    assert report["balance"] is True and report["repeats"] == 1
+    assert report["balance"] is True and report["repeats"] == 1 and report["lockstep"] is False
     # L=1 (10 frames) runs 4 times, as many frames as L=4's one run, two before it and two after
     assert calls == [("every_k", 10), ("every_k", 10), ("every_k", 40), ("every_k", 10), ("every_k", 10),
                      ("lfu", 10), ("lfu", 10), ("lfu", 40), ("lfu", 10), ("lfu", 10)]
@@ -354,7 +355,7 @@ def test_a_method_the_model_cannot_run_is_skipped_in_spawned_runs(tmp_path):
     rde, every_k = report["results"]
     assert rde["method"] == "rde" and "sam_key" in rde["skipped"] and "rde skipped" in result.output
     assert every_k["method"] == "every_k" and every_k["frames"] == 10
-    assert report["isolation"] == "process" and every_k["rss_scope"] == "run"
+    assert report["isolation"] == "process" and report["lockstep"] and every_k["rss_scope"] == "run"
     assert every_k["providers"] == report["machine"]["providers"] == ["CPUExecutionProvider"]
     assert every_k["bank_bytes"] == every_k["bank_bytes_first"] > 0 and every_k["gpu_memory_bytes"] is None
     # every stage of the sdk is reported and they add up to the total
@@ -362,6 +363,51 @@ def test_a_method_the_model_cannot_run_is_skipped_in_spawned_runs(tmp_path):
     stages = every_k["stages_ms"]
     assert sum(v for k, v in stages.items() if k != "total") == pytest.approx(stages["total"], abs=0.02)
     assert report["results"][1]["peak_rss_bytes"] >= report["results"][1]["baseline_rss_bytes"]
+
+
+def lane_task(data: Path, length: int, videos: int, **extra) -> dict:
+    """A lockstep task for every_k on the bundled model, CPU, native size, 1 warm-up frame."""
+    return {"kind": "bench", "data": str(data), "sequence": "clip", "max_frames": None, "size": None, "model": None,
+            "resolution": None, "providers": ["cpu"], "warmup": 1, "method": "every_k", "order": ["length", length],
+            "videos": videos, "manifest_sha256": bench.sha256_file(DEFAULT_MODEL_DIR / "manifest.json"), **extra}
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "manifest.json").is_file(), reason="no bundled model")
+def test_lockstep_lanes_take_turns_one_step_at_a_time(tmp_path):
+    make_sequence(tmp_path / "data")                    # 6 frames: 10 per forward+backward unit
+    ended, seen = [], []
+    outcomes = bench.lockstep([lane_task(tmp_path / "data", 1, 3), lane_task(tmp_path / "data", 3, 1)],
+                              progress=seen.append, finished=lambda i, kind, _: ended.append((i, kind)))
+    (short_kind, short), (long_kind, long) = outcomes
+    assert short_kind == long_kind == "result" and sorted(ended) == [(0, "result"), (1, "result")]
+    assert [len(r["latency_s"]) for r in short] == [10, 10, 10] and [len(r["latency_s"]) for r in long] == [30]
+    assert seen == sorted(seen) and seen[-1] == 60
+    steps = sorted((start, start + lat, lane) for lane, records in enumerate((short, long)) for r in records
+                   for start, lat in zip(r["started_s"], r["latency_s"]))
+    # never two steps at once, and no lane runs more than two steps in a row (c mod n rotation)
+    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(steps, steps[1:]))
+    lanes = "".join(str(lane) for _, _, lane in steps)
+    assert "000" not in lanes and "111" not in lanes and lanes.count("0") == lanes.count("1") == 30
+    # the long lane waited about as long as it stepped; that wait is not the run's time
+    assert long[0]["wall_s"] < 1.6 * sum(long[0]["latency_s"])
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "manifest.json").is_file(), reason="no bundled model")
+def test_a_failing_lane_stops_the_others(tmp_path):
+    make_sequence(tmp_path / "data")
+    good = lane_task(tmp_path / "data", 50, 1)          # 500 frames: would take a while
+    bad = lane_task(tmp_path / "data", 1, 1, sequence="nowhere")
+    start = time.monotonic()
+    (kind_good, why_good), (kind_bad, why_bad) = bench.lockstep([good, bad])
+    assert kind_good == kind_bad == "error" and why_good == why_bad and "nowhere" in why_bad
+    assert time.monotonic() - start < 60
+
+
+def test_lockstep_needs_process_isolation(tmp_path):
+    make_sequence(tmp_path / "data")
+    result = invoke("--data", tmp_path / "data", "--sequence", "clip", "--lockstep", "--no-isolate",
+                    "--json", tmp_path / "b.json")
+    assert result.exit_code == 2 and "--no-isolate" in result.output and not (tmp_path / "b.json").exists()
 
 
 @pytest.mark.slow
