@@ -69,15 +69,16 @@ times. By default (--balance) shorter videos are repeated until every length is 
 about as many frames as the longest (L = 1 twenty times next to L = 20 once), and
 (--lockstep) a method's lengths run side by side, one process each, taking turns one frame
 at a time, so the comparison across lengths does not hang on a noisy machine's drift. Each
-video first steps --warmup frames and resets, then times every frame of the video: latency = one Segmenter.step (time.perf_counter), fps = frames /
-their summed latency, stage times = Segmenter.timings means. Bank bytes: the memory bank's arrays at the end (and after
-frame 0). Peak RSS: the process' high-water resident set over the timed frames (Linux
-VmHWM, reset at their start); with the default --isolate each length has its own process. J&F:
+video first steps --warmup frames and resets, then times every frame of the video: latency
+= one Segmenter.step (time.perf_counter), fps = frames / their summed latency, stage times
+= Segmenter.timings means. Bank bytes: the memory bank's arrays at the end (and after frame
+0). Peak RSS: the process' high-water resident set over the timed frames (Linux VmHWM,
+reset at their start); with the default --isolate each length has its own process. J&F:
 DAVIS 2017 protocol over the whole synthetic video. The reference (--reference) runs the
 same weights' every_k loop through PyTorch on the first length, frame by frame alternating
-with the sdk: overhead_ratio = sdk ms/frame over torch ms/frame. Methods the model cannot run
-(e.g. rde without SAM graphs) are recorded as skipped. Ctrl-C stops the benchmark and leaves
-a valid JSON of the runs done ("interrupted": true, exit code 130); the JSON is also
+with the sdk: overhead_ratio = sdk ms/frame over torch ms/frame. Methods the model cannot
+run (e.g. rde without SAM graphs) are recorded as skipped. Ctrl-C stops the benchmark and
+leaves a valid JSON of the runs done ("interrupted": true, exit code 130); the JSON is also
 rewritten after every run. Full schema: docs/bench-json.md.
 """
 
@@ -527,8 +528,7 @@ def _lane_child(task: dict, conn) -> None:
 
     def turn() -> None:
         conn.send(("ready", timed[0]))
-        if conn.recv() != "go":
-            raise SystemExit(0)
+        conn.recv()                                  # "go"; a lane no longer wanted is terminated
 
     def progress(n: int) -> None:
         timed[0] = n
@@ -563,11 +563,10 @@ class Lane:
         return self.receive()
 
     def close(self) -> None:
-        """Stop the process (at once unless it is exiting anyway)."""
-        self.proc.join(0.5 if not self.proc.is_alive() else 0)
+        """Stop the process (a lane that sent its outcome is exiting anyway)."""
         if self.proc.is_alive():
             self.proc.terminate()
-            self.proc.join(10)
+        self.proc.join(10)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
@@ -608,7 +607,8 @@ def lockstep(tasks: Sequence[dict], progress: Callable[[int], None] | None = Non
         return False
 
     try:
-        lanes = [Lane(ctx, task) for task in tasks]
+        for task in tasks:
+            lanes.append(Lane(ctx, task))
         live = [i for i, lane in enumerate(lanes) if settle(i, lane.receive())]
         cycle = 0
         while live and all(o is None or o[0] == "result" for o in outcomes):
@@ -861,24 +861,27 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, balan
         tasks = [{**base, "kind": "bench", "method": method, "order": order, "videos": counts[p]}
                  for p, (_, order, _) in enumerate(points)]
 
+        failure: list[tuple[int, str, str]] = []          # the lane that failed first: (point, kind, why)
+
         def finished(p: int, kind: str, payload) -> None:
             if kind == "result":
                 raws[(method, p)] = payload
                 providers[:] = providers or payload[0]["providers"]
                 tqdm.write(_summary_line(summarize_runs(method, points[p][2], payload)))
                 save()
+            elif not failure:
+                failure.append((p, kind, payload))
 
         lengths = ",".join(str(length) for _, _, length in points)
         b, progress = bar(sum(c * frames for c, (frames, _, _) in zip(counts, points)),
                           f"{method} L={lengths} in lockstep" if len(points) > 1 else f"{method} L={lengths}")
         with b:
-            outcomes = lockstep(tasks, progress, finished)
-        failed = next((p for p, (kind, _) in enumerate(outcomes) if kind != "result"), None)
-        if failed is not None:
-            kind, payload = outcomes[failed]
+            lockstep(tasks, progress, finished)
+        if failure:
+            p, kind, payload = failure[0]
             if kind == "error":
                 save()
-                raise click.ClickException(f"{method} L={points[failed][2]}: {payload}")
+                raise click.ClickException(f"{method} L={points[p][2]}: {payload}")
             skipped[method] = payload
             tqdm.write(f"warning: {method} skipped: {payload}", file=sys.stderr)
             save()
