@@ -468,6 +468,22 @@ def _sigint_held():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def _died(proc) -> tuple[str, str]:
+    """The outcome of a run whose process ended without answering."""
+    return "error", f"the benchmark process died (exit code {proc.exitcode})"
+
+
+def _stop(proc, now: bool = True) -> None:
+    """Reap a run's process: terminate it first if `now` (a process that answered is exiting
+    anyway), kill it if it is still there after 10 s."""
+    if now and proc.is_alive():
+        proc.terminate()
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
 def run_isolated(task: dict, progress=None) -> tuple[str, object]:
     """Run `task` in a fresh (spawned) Python process → ("result", record) | ("skipped",
     reason) | ("error", message). The process is terminated if we are interrupted."""
@@ -487,7 +503,7 @@ def run_isolated(task: dict, progress=None) -> tuple[str, object]:
                 try:
                     kind, payload = messages.get(timeout=2)
                 except queue.Empty:
-                    return "error", f"the benchmark process died (exit code {proc.exitcode})"
+                    return _died(proc)
             if kind == "progress":
                 if progress:
                     progress(payload)
@@ -495,12 +511,7 @@ def run_isolated(task: dict, progress=None) -> tuple[str, object]:
             answered = True
             return kind, payload
     finally:   # interrupted (Ctrl-C) or failed: stop the run now; answered: it is exiting anyway
-        if not answered and proc.is_alive():
-            proc.terminate()
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        _stop(proc, now=not answered)
         messages.close()
 
 
@@ -514,9 +525,10 @@ def play_lane(task: dict, turn: Callable[[], None], progress: Callable[[int], No
     loaded = load_sequence(Path(task["data"]), task["sequence"], task["max_frames"], task["size"])
     segmenters: dict = {}
     records: list[dict] = []
+    before = 0                                       # frames timed in the earlier videos
     for _ in range(task["videos"]):
-        before = sum(len(r["latency_s"]) for r in records)
         records.append(execute(task, lambda n, before=before: progress(before + n), loaded, segmenters, turn))
+        before += len(records[-1]["latency_s"])
     return records
 
 
@@ -550,12 +562,12 @@ class Lane:
         """The lane's next message: ("ready", frames timed) or its outcome; a dead process is an error."""
         while not self.conn.poll(0.2):
             if not self.proc.is_alive() and not self.conn.poll(2):
-                return "error", f"the benchmark process died (exit code {self.proc.exitcode})"
+                return _died(self.proc)
         try:
             return self.conn.recv()
         except EOFError:
             self.proc.join(5)
-            return "error", f"the benchmark process died (exit code {self.proc.exitcode})"
+            return _died(self.proc)
 
     def step(self) -> tuple[str, object]:
         """Let the lane take one step and wait until it has: → its next message."""
@@ -564,12 +576,7 @@ class Lane:
 
     def close(self) -> None:
         """Stop the process (a lane that sent its outcome is exiting anyway)."""
-        if self.proc.is_alive():
-            self.proc.terminate()
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
+        _stop(self.proc)
         self.conn.close()
 
 
@@ -855,38 +862,47 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, balan
         b = tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
         return b, (lambda n: b.update(n - b.n))
 
+    def gave_up(method: str, p: int, kind: str, why: str) -> None:
+        """A run of (method, point p) was skipped (the method is, from now on) or failed (raise)."""
+        if kind == "error":
+            save()
+            raise click.ClickException(f"{method} L={points[p][2]}: {why}")
+        skipped[method] = why
+        tqdm.write(f"warning: {method} skipped: {why}", file=sys.stderr)
+
+    def measured_runs(method: str, p: int, records: list[dict], last: bool) -> None:
+        """Keep records of (method, point p); print its summary after its `last` run."""
+        raws.setdefault((method, p), []).extend(records)
+        providers[:] = providers or records[0]["providers"]
+        if last:
+            tqdm.write(_summary_line(summarize_runs(method, points[p][2], raws[(method, p)])))
+
+    point_frames = [frames for frames, _, _ in points]
+
     def run_lockstep(method: str) -> None:
         """All of `method`'s lengths at once, in lockstep; each saved as its lane ends."""
-        counts = run_counts([frames for frames, _, _ in points], repeats, balance)
+        counts = run_counts(point_frames, repeats, balance)
         tasks = [{**base, "kind": "bench", "method": method, "order": order, "videos": counts[p]}
                  for p, (_, order, _) in enumerate(points)]
-
         failure: list[tuple[int, str, str]] = []          # the lane that failed first: (point, kind, why)
 
         def finished(p: int, kind: str, payload) -> None:
             if kind == "result":
-                raws[(method, p)] = payload
-                providers[:] = providers or payload[0]["providers"]
-                tqdm.write(_summary_line(summarize_runs(method, points[p][2], payload)))
+                measured_runs(method, p, payload, last=True)
                 save()
             elif not failure:
                 failure.append((p, kind, payload))
 
         lengths = ",".join(str(length) for _, _, length in points)
-        b, progress = bar(sum(c * frames for c, (frames, _, _) in zip(counts, points)),
+        b, progress = bar(sum(c * f for c, f in zip(counts, point_frames)),
                           f"{method} L={lengths} in lockstep" if len(points) > 1 else f"{method} L={lengths}")
         with b:
             lockstep(tasks, progress, finished)
         if failure:
-            p, kind, payload = failure[0]
-            if kind == "error":
-                save()
-                raise click.ClickException(f"{method} L={points[p][2]}: {payload}")
-            skipped[method] = payload
-            tqdm.write(f"warning: {method} skipped: {payload}", file=sys.stderr)
+            gave_up(method, *failure[0])
             save()
 
-    runs = [] if lockstep_runs else schedule(methods, [frames for frames, _, _ in points], repeats, balance)
+    runs = [] if lockstep_runs else schedule(methods, point_frames, repeats, balance)
     total, done = Counter(runs), Counter()
     try:
         save()
@@ -918,17 +934,10 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, balan
                                                                 if total[(method, p)] > 1 else ""))
             with b:
                 kind, payload = run({**base, "kind": "bench", "method": method, "order": order}, progress)
-            if kind == "skipped":
-                skipped[method] = payload
-                tqdm.write(f"warning: {method} skipped: {payload}", file=sys.stderr)
-            elif kind == "error":
-                save()
-                raise click.ClickException(f"{method} L={length}: {payload}")
+            if kind == "result":
+                measured_runs(method, p, [payload], last=n == total[(method, p)])
             else:
-                raws.setdefault((method, p), []).append(payload)
-                providers[:] = providers or payload["providers"]
-                if n == total[(method, p)]:
-                    tqdm.write(_summary_line(summarize_runs(method, length, raws[(method, p)])))
+                gave_up(method, p, kind, payload)
             save()
     except KeyboardInterrupt:
         save(interrupted=True, complete=False)

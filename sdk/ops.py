@@ -45,9 +45,8 @@ class Workspace:
 
 
 def _array(work: Workspace | None, name: str, shape, dtype=np.float32, zeros: bool = False) -> np.ndarray:
-    if work is None:
-        return (np.zeros if zeros else np.empty)(shape, dtype)
-    return work.array(name, shape, dtype, zeros)
+    """`work`'s array `name`, or a fresh one without a workspace."""
+    return (work or Workspace()).array(name, shape, dtype, zeros)
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,8 @@ class Geometry:
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Logistic function without overflow warnings, float32 in → float32 out (`out` may be `x`)."""
+    """Logistic function 1/(1+e^−x) as 0.5·(1 + tanh(x/2)), without overflow warnings: float32
+    array of any shape → float32 of the same shape, in `out` when given (`out` may be `x`)."""
     out = np.multiply(x, np.float32(0.5), out=out)
     np.tanh(out, out=out)
     out += 1

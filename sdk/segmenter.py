@@ -235,7 +235,8 @@ class Segmenter:
         own = agg[1:]
         masks = self._work.array("value_masks", (len(own), 2, *own.shape[1:]))   # [N,2,Hp,Wp]
         masks[:, 0] = own
-        np.subtract(own.sum(0), own, out=masks[:, 1])                 # the other objects
+        total = np.sum(own, axis=0, out=self._work.array("value_total", own.shape[1:]))
+        np.subtract(total, own, out=masks[:, 1])                      # the other objects
         t0 = perf_counter()
         (value,) = self._graphs.run("value_encoder", {"image": image, "f16": f16, "masks": masks})
         ms["value_encoder"] = (perf_counter() - t0) * 1e3
