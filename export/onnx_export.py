@@ -18,7 +18,7 @@ from torch import nn
 
 from sdk.davis import davis_sequence_dirs, read_split
 from sdk.io import iter_frames, list_frames, read_mask
-from sdk.manifest import FORMAT, MANIFEST_FILE, MANIFEST_VERSION, load_manifest, sha256_file
+from sdk.manifest import FORMAT, INFERENCE_FIELDS, MANIFEST_FILE, MANIFEST_VERSION, load_manifest, sha256_file
 from sdk.ops import Geometry, one_hot
 from sdk.policies import POLICIES
 from sdk.runtime import Graphs
@@ -61,12 +61,43 @@ HEAD_GRAPHS = {
 }
 HEAD_OF = {"prior_enhance": "prior", "qam": "qam", "sam_key": "sam", "sam_value": "sam"}
 ALL_GRAPHS = {**GRAPHS, **HEAD_GRAPHS}
+# networks whose memory keys are per object (STM/QDMN, inference["memory_keys"] == "per_object"):
+# the value encoder (no f16 input) returns the memory key, the value and the feature its QAM
+# reads; the key encoder returns no key (the query key comes from prior enhancement or is
+# not used); the readout takes one key per object.
+PER_OBJECT_GRAPHS = {
+    "key_encoder": ("encode_key", ["image"], ["f16", "f8", "f4"],
+                    {"image": {2: "H", 3: "W"}, "f16": {2: "h", 3: "w"}, "f8": {2: "h8", 3: "w8"},
+                     "f4": {2: "h4", 3: "w4"}}),
+    "value_encoder": ("encode_value", ["image", "masks"], ["key", "value", "qam_feature"],
+                      {"image": {2: "H", 3: "W"}, "masks": {0: "N", 2: "H", 3: "W"}, "key": {0: "N", 2: "h", 3: "w"},
+                       "value": {0: "N", 2: "h", 3: "w"}, "qam_feature": {0: "N", 2: "h", 3: "w"}}),
+    "readout": ("readout", ["query_key", "memory_keys", "memory_values", "valid", "top_k"], ["readout", "usage"],
+                {"query_key": {2: "h", 3: "w"}, "memory_keys": {0: "N", 2: "M"}, "memory_values": {0: "N", 2: "M"},
+                 "valid": {0: "M"}, "readout": {0: "N", 2: "h", 3: "w"}, "usage": {0: "M"}}),
+    "qam": ("score_from", ["qam_feature"], ["score"], {"qam_feature": {0: "N", 2: "h", 3: "w"}, "score": {0: "N"}}),
+}
+
+
+def inference_of(net: nn.Module) -> dict:
+    """The network's ``inference`` semantics (manifest version 2; {} for vosedge's own networks,
+    whose sdk defaults are those of manifest version 1)."""
+    return dict(getattr(net, "inference", {}) or {})
+
+
+def graph_specs(net: nn.Module) -> dict[str, tuple]:
+    """graph name → (network method, input names, output names, dynamic axes) of every graph
+    ``net`` exports: the four core ones + those of its heads, per-object variants
+    (:data:`PER_OBJECT_GRAPHS`) for networks with per-object memory keys."""
+    heads = getattr(net, "heads", ())
+    names = [*GRAPHS, *(name for name, head in HEAD_OF.items() if head in heads)]
+    per_object = inference_of(net).get("memory_keys") == "per_object"
+    return {name: (PER_OBJECT_GRAPHS.get(name) if per_object else None) or ALL_GRAPHS[name] for name in names}
 
 
 def graphs_of(net: nn.Module) -> list[str]:
     """Names of the graphs ``net`` exports: the four core ones + those of its heads."""
-    heads = getattr(net, "heads", ())
-    return [*GRAPHS, *(name for name, head in HEAD_OF.items() if head in heads)]
+    return list(graph_specs(net))
 
 
 class ParityError(RuntimeError):
@@ -135,13 +166,18 @@ def export_model(net: nn.Module, out_dir: str | Path, method: str = "every_k", r
     tmp.chmod(0o755)
     try:
         _export_graphs(net, tmp, opset)
+        inference = inference_of(net)
+        defaults = {**POLICY_DEFAULTS, **getattr(net, "policy_defaults", {})}
         manifest = {
             "format": FORMAT, "manifest_version": MANIFEST_VERSION, "vosedge_version": VOSEDGE_VERSION,
             "config": cfg["name"], "method": method, "opset": opset, "stride": cfg["stride"],
             "key_channels": cfg["key_channels"], "value_channels": cfg["value_channels"],
             "skip_channels": dict(cfg["skip_channels"]), "max_objects": cfg["max_objects"],
             "normalisation": {"mean": list(cfg["mean"]), "std": list(cfg["std"])},
-            "resolution": resolution, "top_k": cfg["top_k"], "policy_defaults": POLICY_DEFAULTS,
+            "resolution": resolution, "top_k": cfg["top_k"], "policy_defaults": defaults,
+            **({"inference": {name: inference.get(name, default)
+                              for name, (_, default) in INFERENCE_FIELDS.items()}} if inference else {}),
+            **({"source": net.source} if getattr(net, "source", None) else {}),
             "graphs": {name: {"file": f"{name}.onnx", "sha256": sha256_file(tmp / f"{name}.onnx"),
                               **graph_signature(tmp / f"{name}.onnx")} for name in graphs_of(net)},
         }
@@ -179,22 +215,49 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _export_graphs(net: nn.Module, folder: Path, opset: int) -> None:
-    """Trace each part on small example inputs (H ≠ W, N = 2, M = 2 frames) and export it."""
+def _example_inputs(net: nn.Module, specs: dict) -> dict[str, tuple]:
+    """Inputs to trace each graph on: small frames (H ≠ W), N = 2 objects, M = 2 frames."""
     h, w, n = 4, 6, 2
     image = torch.randn(1, 3, h * 16, w * 16)
     masks = torch.rand(n, 2, h * 16, w * 16)
+    prior = masks[:1, :1]
+    run = _torch_runner(net, specs)
     with torch.no_grad():
-        key, f16, f8, f4 = net.encode_key(image)
-        value = net.encode_value(image, f16, masks)
-        memory = (key.flatten(2).repeat(1, 1, 2), value.flatten(2).repeat(1, 1, 2))
+        query = run("key_encoder", {"image": image})
+        key, f16 = query.get("key"), query["f16"]
+        if "prior_enhance" in specs:
+            enhanced = run("prior_enhance", {"f16": f16, "prior": prior})
+            key = enhanced["key"] if key is None else key
+        encoded = run("value_encoder", {"image": image, "f16": f16, "masks": masks})
+        value = encoded["value"]
+        memory_key = encoded["key"] if "key" in encoded else key
+        memory = (memory_key.flatten(2).repeat(1, 1, 2), value.flatten(2).repeat(1, 1, 2))
         readout_args = (key, *memory, torch.ones(memory[0].shape[2]), torch.tensor(3, dtype=torch.int64))
-        readout, _ = net.readout(*readout_args)
-    examples = {"key_encoder": (image,), "value_encoder": (image, f16, masks), "readout": readout_args,
-                "decoder": (readout, f16, f8, f4), "prior_enhance": (f16, masks[:1, :1]), "qam": (value,),
-                "sam_key": (key, key.flip(3)), "sam_value": (value, value.flip(3))}
-    for name in graphs_of(net):
-        method, inputs, outputs, axes = ALL_GRAPHS[name]
+        readout = run("readout", dict(zip(specs["readout"][1], readout_args)))["readout"]
+    feeds = {"image": image, "f16": f16, "masks": masks, "prior": prior, **query, **encoded,
+             "readout": readout}
+    examples = {"readout": readout_args, "sam_key": (key, key.flip(3)), "sam_value": (value, value.flip(3))}
+    for name, (_, inputs, _, _) in specs.items():
+        if name not in examples:
+            examples[name] = tuple(feeds[i] for i in inputs)
+    return examples
+
+
+def _torch_runner(net: nn.Module, specs: dict):
+    """run(graph name, {input name: tensor or array}) → {output name: tensor} through the torch
+    network's part methods (what the graph of that name was traced from)."""
+    def run(name, feeds):
+        method, inputs, outputs, _ = specs[name]
+        args = [torch.from_numpy(feeds[i]) if isinstance(feeds[i], np.ndarray) else feeds[i] for i in inputs]
+        return dict(zip(outputs, _as_tuple(getattr(net, method)(*args))))
+    return run
+
+
+def _export_graphs(net: nn.Module, folder: Path, opset: int) -> None:
+    """Trace each part on small example inputs (H ≠ W, N = 2, M = 2 frames) and export it."""
+    specs = graph_specs(net)
+    examples = _example_inputs(net, specs)
+    for name, (method, inputs, outputs, axes) in specs.items():
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(_Part(net, method).eval(), examples[name], str(folder / f"{name}.onnx"),
@@ -207,30 +270,31 @@ def check_parity(net: nn.Module, folder: Path, frames, resolution: int | None) -
     ``{"max_abs_logit_diff", "min_mask_iou", "iou_ignores_abs_logit_below", "resolution"}`` or
     raises :class:`ParityError`. Masks are logit > 0; the IoU skips pixels whose torch logit is
     within ±1e-3 of 0 (undecided at the logit tolerance; near-zero logits of untrained networks
-    would otherwise flip by rounding alone)."""
+    would otherwise flip by rounding alone). Frames are padded as the manifest's
+    ``inference.padding`` says; a network with prior enhancement on every frame runs it in the
+    chain (the previous frame's mask as the prior)."""
     manifest = load_manifest(folder)
+    specs = graph_specs(net)
     heads = [name for name in HEAD_GRAPHS if name in manifest.graphs]
-    graphs = Graphs(manifest, providers="cpu", names=(*GRAPHS, *heads))
+    graphs = Graphs(manifest, providers="cpu", names=tuple(specs))
     head_diff = dict.fromkeys(heads, 0.0)
     mean, std = np.asarray(manifest.mean, np.float32), np.asarray(manifest.std, np.float32)
+    chain = _Chain(manifest)
+    run_torch = _torch_runner(net, specs)
     max_diff, min_iou = 0.0, 1.0
     for frame0, mask0, frame1 in frames:
-        geo = Geometry.for_frame(frame0.shape[0], frame0.shape[1], resolution, manifest.stride)
+        geo = Geometry.for_frame(frame0.shape[0], frame0.shape[1], resolution, manifest.stride,
+                                 manifest.inference["padding"])
         img0, img1 = geo.image(frame0, mean, std), geo.image(frame1, mean, std)
         labels = np.unique(mask0[mask0 > 0])
         own = one_hot(geo.label_map(np.asarray(mask0, np.uint8)), labels)
         masks = np.stack([own, own.sum(0, keepdims=True) - own], 1)
-        hw = int(np.prod(geo.feature_size))
-        valid = np.zeros(2 * hw, np.float32)
-        valid[:hw] = 1
-        top_k = np.array(min(manifest.top_k, hw), np.int64)
-        lo_ort = _chain(lambda name, *x: graphs.run(name, dict(zip(GRAPHS[name][1], x))), img0, masks, img1,
-                        valid, top_k)
+        lo_ort = chain(graphs.run_named, img0, masks, img1)
         with torch.no_grad():
-            lo_pt = _chain(lambda name, *x: [t.numpy() for t in _as_tuple(
-                getattr(net, GRAPHS[name][0])(*map(torch.from_numpy, x)))], img0, masks, img1, valid, top_k)
+            lo_pt = chain(lambda name, feeds: {k: v.numpy() for k, v in run_torch(name, feeds).items()},
+                          img0, masks, img1)
         max_diff = max(max_diff, float(np.abs(lo_ort - lo_pt).max()))
-        for name, diff in _head_parity(net, graphs, heads, img0, masks, img1).items():
+        for name, diff in _head_parity(run_torch, graphs, heads, img0, masks, img1).items():
             head_diff[name] = max(head_diff[name], diff)
         decisive = np.abs(lo_pt) >= PARITY_MAX_ABS      # a 1e-3-accurate graph may flip the others
         a, b = (lo_ort > 0) & decisive, (lo_pt > 0) & decisive
@@ -252,46 +316,68 @@ def check_parity(net: nn.Module, folder: Path, frames, resolution: int | None) -
     return result
 
 
-def _head_parity(net, graphs, heads, img0, masks, img1) -> dict[str, float]:
+class _Chain:
+    """Memory write of frame 0 into slot 0 of a 2-slot bank, readout + decode of frame 1 →
+    logits, through ``run(graph, feeds) → {output: array}`` (torch parts or ORT sessions)."""
+
+    def __init__(self, manifest):
+        self.per_object = manifest.inference["memory_keys"] == "per_object"
+        self.always_pe = manifest.inference["prior_enhance"] == "always"
+        self.top_k = manifest.top_k
+
+    def query(self, run, image, prior):
+        q = run("key_encoder", {"image": image})
+        key, f16 = q.get("key"), q["f16"]
+        if self.always_pe:
+            enhanced = run("prior_enhance", {"f16": f16, "prior": prior})
+            key, f16 = enhanced["key"], enhanced["enhanced_f16"]
+        return key, f16, q["f8"], q["f4"]
+
+    def __call__(self, run, img0, masks, img1) -> np.ndarray:
+        prior = masks[:, :1].max(0, keepdims=True)
+        key0, f16_0, _, _ = self.query(run, img0, prior)
+        encoded = run("value_encoder", {"image": img0, "f16": f16_0, "masks": masks})
+        value0 = encoded["value"]
+        memory_key = encoded["key"] if self.per_object else key0
+        n, hw = value0.shape[0], value0.shape[2] * value0.shape[3]
+        rows = memory_key.shape[0]
+        mem_k = np.zeros((rows, memory_key.shape[1], 2 * hw), np.float32)
+        mem_v = np.zeros((n, value0.shape[1], 2 * hw), np.float32)
+        mem_k[:, :, :hw] = memory_key.reshape(rows, -1, hw)
+        mem_v[:, :, :hw] = value0.reshape(n, -1, hw)
+        valid = np.zeros(2 * hw, np.float32)
+        valid[:hw] = 1
+        key1, f16, f8, f4 = self.query(run, img1, prior)
+        readout = run("readout", {"query_key": key1, "memory_keys": mem_k, "memory_values": mem_v, "valid": valid,
+                                  "top_k": np.array(min(self.top_k, hw), np.int64)})["readout"]
+        return run("decoder", {"readout": readout, "f16": f16, "f8": f8, "f4": f4})["logits"]
+
+
+def _head_parity(run_torch, graphs, heads, img0, masks, img1) -> dict[str, float]:
     """Each head graph vs its torch module on the same inputs taken from the torch network on
     the clip (frame 0 + masks, frame 1): max |Δ| / max(1, max |torch output|) per graph."""
     if not heads:
         return {}
-    t = torch.from_numpy
     with torch.no_grad():
-        key0, f16_0, _, _ = net.encode_key(t(img0))
-        key1, f16_1, _, _ = net.encode_key(t(img1))
-        value0 = net.encode_value(t(img0), f16_0, t(masks))
-        value1 = net.encode_value(t(img1), f16_1, t(masks))
-        prior = t(masks[:, :1].max(0, keepdims=True))
-        inputs = {"prior_enhance": (f16_1, prior), "qam": (value0,), "sam_key": (key0, key1),
-                  "sam_value": (value0, value1)}
+        torch_run = lambda name, feeds: {k: v.numpy() for k, v in run_torch(name, feeds).items()}  # noqa: E731
+        q0, q1 = torch_run("key_encoder", {"image": img0}), torch_run("key_encoder", {"image": img1})
+        e0 = torch_run("value_encoder", {"image": img0, "f16": q0["f16"], "masks": masks})
+        e1 = torch_run("value_encoder", {"image": img1, "f16": q1["f16"], "masks": masks})
+        key0 = e0.get("key", q0.get("key"))
+        key1 = e1.get("key", q1.get("key"))
+        inputs = {"prior_enhance": {"f16": q1["f16"], "prior": masks[:, :1].max(0, keepdims=True)},
+                  "qam": e0, "sam_key": {"previous": key0, "new": key1},
+                  "sam_value": {"previous": e0["value"], "new": e1["value"]}}
         out = {}
         for name in heads:
-            method, names, _, _ = HEAD_GRAPHS[name]
-            ref = [x.numpy() for x in _as_tuple(getattr(net, method)(*inputs[name]))]
-            got = graphs.run(name, {n: x.numpy() for n, x in zip(names, inputs[name])})
-            out[name] = max(float(np.abs(g - r).max()) / max(1.0, float(np.abs(r).max())) for g, r in zip(got, ref))
+            ref = torch_run(name, inputs[name])
+            got = graphs.run_named(name, inputs[name])
+            out[name] = max(float(np.abs(got[k] - r).max()) / max(1.0, float(np.abs(r).max())) for k, r in ref.items())
     return out
 
 
 def _as_tuple(x):
     return x if isinstance(x, tuple) else (x,)
-
-
-def _chain(run, img0, masks, img1, valid, top_k) -> np.ndarray:
-    """Memory write of frame 0 into slot 0 of a 2-slot bank, readout + decode of frame 1 → logits."""
-    key0, f16_0, _, _ = run("key_encoder", img0)
-    (value0,) = run("value_encoder", img0, f16_0, masks)
-    hw = key0.shape[2] * key0.shape[3]
-    mem_k = np.zeros((1, key0.shape[1], 2 * hw), np.float32)
-    mem_v = np.zeros((value0.shape[0], value0.shape[1], 2 * hw), np.float32)
-    mem_k[:, :, :hw] = key0.reshape(1, key0.shape[1], hw)
-    mem_v[:, :, :hw] = value0.reshape(value0.shape[0], value0.shape[1], hw)
-    key1, f16, f8, f4 = run("key_encoder", img1)
-    readout, _ = run("readout", key1, mem_k, mem_v, valid, top_k)
-    (logits,) = run("decoder", readout, f16, f8, f4)
-    return logits
 
 
 def _synthetic_clip(height: int = 96, width: int = 128):

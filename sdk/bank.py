@@ -4,6 +4,12 @@ It *holds* tensors; a :class:`~sdk.policies.MemoryPolicy` *decides* where a fram
 split of Cutie's KVMemoryStore / MemoryManager). Memory is addressed in frame slots of hw = h·w
 stride-16 feature positions each (slot s covers positions [s·hw, (s+1)·hw)) or, for
 feature-level policies (LFU), position by position.
+
+Two options follow the network's authors (manifest ``inference``): keys per object
+(``object_keys``: STM/QDMN memory keys come from the value encoder, one per object) and a
+temporary slot (``temporary``: the previous frame, read when the policy did not write it, QDMN).
+The temporary slot is the bank's physical slot 0; policies never see it: their slot s is
+physical slot s + 1, their position p physical position p + hw.
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ class MemoryBank:
     Public arrays (C-contiguous views of buffers allocated by :meth:`allocate` at the first
     frame), M = live slots × hw memory positions:
 
-    * ``keys``   [C_k, M]     float32  memory keys (key encoder output, flattened)
+    * ``keys``   [C_k, M]     float32  memory keys (key encoder output, flattened), or
+      [N, C_k, M] with ``object_keys`` (one key per object, from the value encoder)
     * ``values`` [N, C_v, M]  float32  memory values, one row per object
     * ``valid``  [M]          float32  1 where the position holds a feature, 0 where empty
     * ``origin`` [M]          int64    frame index each position was written at, −1 = empty
@@ -36,12 +43,20 @@ class MemoryBank:
     bank per new slot, no reallocation) and a write past the capacity doubles the buffers.
     The buffers are reallocated otherwise only by :meth:`add_objects` (objects that appear
     mid-video).
+
+    These arrays cover every physical slot, the temporary one included (what the readout
+    reads). Policies decide from :attr:`frames` / :attr:`positions` and address slots and
+    positions through :meth:`apply`, which leave the temporary slot out.
     """
 
-    def __init__(self, key_channels: int, value_channels: int, growable: bool = False):
+    def __init__(self, key_channels: int, value_channels: int, growable: bool = False,
+                 object_keys: bool = False, temporary: bool = False):
         self.key_channels = key_channels
         self.value_channels = value_channels
         self.growable = growable
+        self.object_keys = object_keys
+        self.temporary = temporary
+        self.offset = 1 if temporary else 0          # physical slots before the policy's slot 0
         self.hw = 0
         self._k = np.zeros(0, np.float32)
         self._v = np.zeros(0, np.float32)
@@ -52,21 +67,28 @@ class MemoryBank:
         self._views()
 
     def allocate(self, capacity: int, hw: int, num_objects: int) -> None:
-        """Allocate empty buffers for ``capacity`` frame slots of ``hw`` positions and
-        ``num_objects`` objects; a bounded bank is then live over all of them, a growable one
-        over none."""
+        """Allocate empty buffers for ``capacity`` policy frame slots (+ the temporary one) of
+        ``hw`` positions and ``num_objects`` objects; a bounded bank is then live over all of
+        them, a growable one over the temporary slot only."""
         self.hw, self._objects = hw, num_objects
-        p = capacity * hw
-        self._k = np.zeros(self.key_channels * p, np.float32)
+        slots = capacity + self.offset
+        p = slots * hw
+        self._k = np.zeros(self._key_rows * p, np.float32)
         self._v = np.zeros(num_objects * self.value_channels * p, np.float32)
         self._valid = np.zeros(p, np.float32)
         self._origin = np.full(p, -1, np.int64)
-        self._live = 0 if self.growable else capacity
+        self._live = self.offset if self.growable else slots
         self._views()
+
+    @property
+    def _key_rows(self) -> int:
+        return self.key_channels * (self._objects if self.object_keys else 1)
 
     def _views(self) -> None:
         m = self._live * self.hw
-        self.keys = self._k[:self.key_channels * m].reshape(self.key_channels, m)
+        keys = self._k[:self._key_rows * m]
+        self.keys = (keys.reshape(self._objects, self.key_channels, m) if self.object_keys
+                     else keys.reshape(self.key_channels, m))
         self._values_view()
         self.valid = self._valid[:m]
         self.origin = self._origin[:m]
@@ -77,15 +99,30 @@ class MemoryBank:
             self._objects, self.value_channels, m)
 
     @property
+    def readout_keys(self) -> np.ndarray:
+        """The keys as the readout graph takes them: [1, C_k, M], or [N, C_k, M] per object."""
+        return self.keys if self.object_keys else self.keys[None]
+
+    @property
     def capacity(self) -> int:
-        """Frame slots the buffers hold (live or not)."""
-        return len(self._origin) // self.hw if self.hw else 0
+        """Policy frame slots the buffers hold (live or not; the temporary slot not counted)."""
+        return len(self._origin) // self.hw - self.offset if self.hw else 0
+
+    @property
+    def positions(self) -> np.ndarray:
+        """int64 [policy positions] view of :attr:`origin` without the temporary slot: the
+        per-position table feature-level policies decide from."""
+        return self.origin[self.offset * self.hw:]
 
     @property
     def frames(self) -> np.ndarray:
-        """int64 [live slots] view: frame index written into each slot (its first position),
-        −1 = empty. The slot table frame-level policies decide from."""
-        return self.origin[::self.hw] if self.hw else self.origin
+        """int64 [live policy slots] view: frame index written into each slot (its first
+        position), −1 = empty. The slot table frame-level policies decide from."""
+        return self.positions[::self.hw] if self.hw else self.origin
+
+    def policy_usage(self, usage: np.ndarray) -> np.ndarray:
+        """The readout's usage [M] without the temporary slot's positions."""
+        return usage[self.offset * self.hw:]
 
     @property
     def num_objects(self) -> int:
@@ -107,39 +144,65 @@ class MemoryBank:
         return np.unique(self.origin[self.origin >= 0]).tolist()
 
     def slot(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
-        """Views (key [C_k, hw], value [N, C_v, hw]) of frame slot ``slot``."""
-        span = slice(slot * self.hw, (slot + 1) * self.hw)
-        return self.keys[:, span], self.values[:, :, span]
+        """Views (key [C_k, hw] or [N, C_k, hw], value [N, C_v, hw]) of policy slot ``slot``."""
+        span = slice((slot + self.offset) * self.hw, (slot + self.offset + 1) * self.hw)
+        return self.keys[..., span], self.values[:, :, span]
 
     def add_objects(self, count: int) -> None:
-        """Append ``count`` object rows to ``values`` (zeros: no older frame holds them)."""
-        old = self.values
+        """Append ``count`` object rows to ``values`` (and to per-object ``keys``): zeros, no
+        older frame holds them."""
+        old_v, old_k = self.values, self.keys
         self._objects += count
         self._v = np.zeros(self._objects * self.value_channels * len(self._origin), np.float32)
         self._values_view()
-        self.values[:len(old)] = old
+        self.values[:len(old_v)] = old_v
+        if self.object_keys:                         # the keys of a bounded shared-key bank stay put
+            self._k = np.zeros(self._key_rows * len(self._origin), np.float32)
+            self._views()
+            self.keys[:len(old_k)] = old_k
 
     def write(self, target: int | np.ndarray, key: np.ndarray, value: np.ndarray, frame: int) -> None:
-        """Write frame ``frame``'s features, overwriting what was there.
+        """Write frame ``frame``'s features into policy slot or positions ``target``,
+        overwriting what was there.
 
         target: a frame slot (int; position i of the frame → position slot·hw + i) or int
         positions [hw] (feature i → position ``target[i]``, distinct, < M). key [C_k, hw]
-        float32, value [N, C_v, hw] float32 with N = :attr:`num_objects`. A growable bank
-        extends its live prefix (and buffers) to reach a slot past it. Raises IndexError for a
-        slot outside a bounded bank or a position outside the live positions.
+        (or [N, C_k, hw] with ``object_keys``) float32, value [N, C_v, hw] float32 with N =
+        :attr:`num_objects`. A growable bank extends its live prefix (and buffers) to reach a
+        slot past it. Raises IndexError for a slot outside a bounded bank or a position outside
+        the live positions.
         """
         if isinstance(target, (int, np.integer)):
-            if target >= self._live:
+            physical = int(target) + self.offset
+            if physical >= self._live:
                 if not self.growable:
                     raise IndexError(f"slot {target} outside a bounded bank of {self.capacity} slots")
-                self._extend(int(target) + 1)
-            target = slice(target * self.hw, (target + 1) * self.hw)
-        elif len(target) and (target.min() < 0 or target.max() >= len(self.origin)):
-            raise IndexError(f"positions outside the bank's {len(self.origin)} live positions")
-        self.keys[:, target] = key
+                self._extend(physical + 1)
+            target = slice(physical * self.hw, (physical + 1) * self.hw)
+        else:
+            if len(target) and (target.min() < 0 or target.max() >= len(self.positions)):
+                raise IndexError(f"positions outside the bank's {len(self.positions)} live positions")
+            target = target + self.offset * self.hw
+        self._put(target, key, value, frame)
+
+    def _put(self, target, key, value, frame) -> None:
+        self.keys[..., target] = key
         self.values[:, :, target] = value
         self.valid[target] = 1
         self.origin[target] = frame
+
+    def write_temporary(self, key: np.ndarray, value: np.ndarray, frame: int) -> None:
+        """Frame ``frame`` into the temporary slot (read by the next readouts until it is
+        cleared or replaced). Raises RuntimeError for a bank without one."""
+        if not self.temporary:
+            raise RuntimeError("this memory bank has no temporary slot")
+        self._put(slice(0, self.hw), key, value, frame)
+
+    def clear_temporary(self) -> None:
+        """Empty the temporary slot (no-op without one)."""
+        if self.temporary and self.hw:
+            self.valid[:self.hw] = 0
+            self.origin[:self.hw] = -1
 
     def apply(self, decision: int | np.ndarray | Write | None, key: np.ndarray, value: np.ndarray,
               frame: int, sam: Callable | None = None) -> None:
@@ -163,9 +226,10 @@ class MemoryBank:
         """Make the first ``live`` slots live: rows of keys/values lengthen from old·hw to
         live·hw positions (moved in place, or into doubled buffers when they do not fit)."""
         old, new = self._live * self.hw, live * self.hw
-        rows_k, rows_v = self.key_channels, self._objects * self.value_channels
-        if live > self.capacity:
-            size = max(2 * self.capacity, live) * self.hw
+        rows_k, rows_v = self._key_rows, self._objects * self.value_channels
+        slots = len(self._origin) // self.hw
+        if live > slots:
+            size = max(2 * slots, live) * self.hw
             grown = [np.zeros(rows_k * size, np.float32), np.zeros(rows_v * size, np.float32),
                      np.zeros(size, np.float32), np.full(size, -1, np.int64)]
             for buf, src, rows in zip(grown, (self._k, self._v), (rows_k, rows_v)):

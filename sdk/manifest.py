@@ -1,7 +1,9 @@
-"""Reading and validating an export folder (``docs/graph-contract.md``, manifest version 1).
+"""Reading and validating an export folder (``docs/graph-contract.md``, manifest versions 1–2).
 
 The manifest is the only contract between ``export/`` and ``sdk/``: graph files and their
-sha256, strides, channel sizes, normalisation, default resolution, top-k and policy defaults.
+sha256, strides, channel sizes, normalisation, default resolution, top-k, policy defaults and
+(version 2) the ``inference`` semantics of the network's authors (padding, memory keys,
+temporary memory, prior enhancement).
 """
 from __future__ import annotations
 
@@ -13,12 +15,32 @@ from pathlib import Path
 from .errors import ManifestError
 
 FORMAT = "vosedge-export"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 GRAPH_NAMES = ("key_encoder", "value_encoder", "readout", "decoder")
 # heads that only some memory policies need (QDMN/QPM: prior_enhance, qam; RDE: sam_key, sam_value)
 OPTIONAL_GRAPHS = ("prior_enhance", "qam", "sam_key", "sam_value")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+
+# manifest["inference"] (version 2): field → (allowed values, the value a version-1 manifest means)
+INFERENCE_FIELDS = {
+    # where frames are zero-padded to a multiple of the stride: bottom/right (vosedge's own), or
+    # split between both sides with the odd pixel at the bottom/right (STM/STCN ``pad_divide_by``)
+    "padding": (("bottom_right", "centre"), "bottom_right"),
+    # affinity inside the readout graph (recorded for the reader; the graph computes it)
+    "affinity": (("l2", "dot"), "l2"),
+    # memory keys: one per frame from the key encoder (STCN), or one per object from the value
+    # encoder (STM/QDMN: its graph outputs "key" [N,C_k,h,w] and the readout takes [N,C_k,M])
+    "memory_keys": (("shared", "per_object"), "shared"),
+    # whether the previous frame is read as a temporary memory when it was not written (QDMN)
+    "temporary_memory": ((False, True), False),
+    # prior enhancement: only for the policies that require it (qdmn, qpm), or on every frame
+    # whatever the policy (a network that was built with it, QDMN)
+    "prior_enhance": (("policy", "always"), "policy"),
+    # what the QAM head's last activation is (scores in [0,1], or ≥ 0 unbounded)
+    "qam_activation": (("sigmoid", "relu"), "sigmoid"),
+}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -58,13 +80,14 @@ class Manifest:
     graphs: dict
     parity: dict
     raw: dict
+    inference: dict
 
 
 def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
     """Read ``folder/manifest.json`` and check it against the files next to it.
 
     Raises :class:`~sdk.errors.ManifestError` if the folder or manifest is missing or not
-    JSON, ``format`` is not ``"vosedge-export"``, ``manifest_version`` is not 1, a required
+    JSON, ``format`` is not ``"vosedge-export"``, ``manifest_version`` is not 1 or 2, a required
     field or graph entry is missing, a listed graph file is missing, or (``verify_sha256``) a graph's
     sha256 differs from the manifest (tampered or truncated file).
     """
@@ -80,9 +103,10 @@ def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise ManifestError(f"{path}: format is {got!r}, expected {FORMAT!r}")
-    if raw.get("manifest_version") != MANIFEST_VERSION:
-        raise ManifestError(f"{path}: manifest_version {raw.get('manifest_version')!r} is not supported "
-                            f"by this sdk (supports {MANIFEST_VERSION}); re-export with a matching vosedge")
+    version = raw.get("manifest_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ManifestError(f"{path}: manifest_version {version!r} is not supported by this sdk (supports "
+                            f"{', '.join(map(str, SUPPORTED_VERSIONS))}); re-export with a matching vosedge")
     try:
         graphs = {}
         for name in GRAPH_NAMES + tuple(g for g in OPTIONAL_GRAPHS if g in raw["graphs"]):
@@ -103,12 +127,32 @@ def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
             mean=tuple(float(x) for x in norm["mean"]), std=tuple(float(x) for x in norm["std"]),
             resolution=None if raw["resolution"] is None else int(raw["resolution"]),
             top_k=int(raw["top_k"]), policy_defaults=dict(raw["policy_defaults"]), graphs=graphs,
-            parity=dict(raw.get("parity") or {}), raw=raw)
-    except (KeyError, TypeError, ValueError) as exc:
+            parity=dict(raw.get("parity") or {}), raw=raw,
+            inference=_inference(path, raw.get("inference") if version >= 2 else {}))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ManifestError(f"{path}: missing or malformed field ({exc!r})") from exc
     if not 1 <= manifest.max_objects <= 255:
         raise ManifestError(f"{path}: max_objects {manifest.max_objects} outside 1..255 (uint8 label maps)")
     return manifest
+
+
+def _inference(path: Path, given) -> dict:
+    """manifest["inference"] with every :data:`INFERENCE_FIELDS` entry (defaults filled in);
+    raises ManifestError for an unknown field or value."""
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ManifestError(f"{path}: 'inference' must be an object, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(INFERENCE_FIELDS) - {"resolution", "notes"})
+    if unknown:
+        raise ManifestError(f"{path}: unknown inference field(s) {unknown}; this sdk knows {sorted(INFERENCE_FIELDS)}")
+    out = {}
+    for name, (allowed, default) in INFERENCE_FIELDS.items():
+        value = given.get(name, default)
+        if value not in allowed or type(value) is not type(default):
+            raise ManifestError(f"{path}: inference.{name} is {value!r}; expected one of {list(allowed)}")
+        out[name] = value
+    return out
 
 
 def resolve_model(model: str | Path | None) -> Manifest:

@@ -49,13 +49,20 @@ def _array(work: Workspace | None, name: str, shape, dtype=np.float32, zeros: bo
     return (work or Workspace()).array(name, shape, dtype, zeros)
 
 
+PADDINGS = ("bottom_right", "centre")
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where a frame of input size (height, width) goes inside the graphs.
 
     The frame is resized so its short side is ``resolution`` px (aspect kept; None = native
-    size), then zero-padded at the bottom/right (after normalisation, i.e. with the mean
-    colour, as STCN's ``pad_divide_by``) to (padded_h, padded_w), multiples of ``stride``.
+    size), then zero-padded (after normalisation, i.e. with the mean colour) to (padded_h,
+    padded_w), multiples of ``stride``. ``padding`` ``"bottom_right"`` puts all the padding at
+    the bottom/right (top = left = 0); ``"centre"`` splits it as STM/STCN's ``pad_divide_by``
+    does: top = ⌊(padded_h − resized_h)/2⌋, the rest (the odd pixel) at the bottom, likewise
+    left/right. The resized frame occupies rows [top, top + resized_h) and columns [left,
+    left + resized_w) of the padded one.
     """
 
     height: int
@@ -65,16 +72,24 @@ class Geometry:
     padded_h: int
     padded_w: int
     stride: int
+    top: int = 0
+    left: int = 0
 
     @classmethod
-    def for_frame(cls, height: int, width: int, resolution: int | None, stride: int) -> "Geometry":
+    def for_frame(cls, height: int, width: int, resolution: int | None, stride: int,
+                  padding: str = "bottom_right") -> "Geometry":
+        """Raises ValueError for a ``padding`` not in :data:`PADDINGS`."""
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         if resolution is None:
             rh, rw = height, width
         else:
             scale = resolution / min(height, width)
             rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
         up = lambda n: -(-n // stride) * stride  # noqa: E731
-        return cls(height, width, rh, rw, up(rh), up(rw), stride)
+        ph, pw = up(rh), up(rw)
+        top, left = ((ph - rh) // 2, (pw - rw) // 2) if padding == "centre" else (0, 0)
+        return cls(height, width, rh, rw, ph, pw, stride, top, left)
 
     @property
     def feature_size(self) -> tuple[int, int]:
@@ -85,6 +100,11 @@ class Geometry:
     def resized(self) -> bool:
         return (self.resized_h, self.resized_w) != (self.height, self.width)
 
+    @property
+    def inside(self) -> tuple[slice, slice]:
+        """(rows, columns) of the padded frame that hold the resized frame."""
+        return slice(self.top, self.top + self.resized_h), slice(self.left, self.left + self.resized_w)
+
     def image(self, frame: np.ndarray, mean: np.ndarray, std: np.ndarray, work: Workspace | None = None) -> np.ndarray:
         """RGB uint8 [H,W,3] → normalised, padded float32 [1,3,Hp,Wp]: (rgb/255 − mean)/std
         (in `work`'s "image" array when given)."""
@@ -94,7 +114,8 @@ class Geometry:
                                _array(work, "image_resized", (self.resized_h, self.resized_w, 3), np.uint8),
                                interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         out = _array(work, "image", (1, 3, self.padded_h, self.padded_w), zeros=True)   # the padding stays 0
-        view = out[0, :, :self.resized_h, :self.resized_w]
+        rows, cols = self.inside
+        view = out[0, :, rows, cols]
         np.multiply(frame.transpose(2, 0, 1), (1 / (255 * std))[:, None, None], out=view)
         view -= (mean / std)[:, None, None]
         return out
@@ -104,13 +125,14 @@ class Geometry:
         if self.resized:
             mask = cv2.resize(mask, (self.resized_w, self.resized_h), interpolation=cv2.INTER_NEAREST)
         out = np.zeros((self.padded_h, self.padded_w), np.uint8)
-        out[:self.resized_h, :self.resized_w] = mask
+        out[self.inside] = mask
         return out
 
     def to_input(self, probs: np.ndarray, work: Workspace | None = None) -> np.ndarray:
         """[C,Hp,Wp] float32 → [C,H,W] float32: crop the padding, bilinear resize to input size
         (a view of `work`'s arrays when given)."""
-        probs = probs[:, :self.resized_h, :self.resized_w]
+        rows, cols = self.inside
+        probs = probs[:, rows, cols]
         if not self.resized:
             return probs
         c = len(probs)
@@ -122,12 +144,16 @@ class Geometry:
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Logistic function 1/(1+e^−x) as 0.5·(1 + tanh(x/2)), without overflow warnings: float32
-    array of any shape → float32 of the same shape, in `out` when given (`out` may be `x`)."""
-    out = np.multiply(x, np.float32(0.5), out=out)
-    np.tanh(out, out=out)
+    """Logistic function 1/(1+e^−x) in float32, evaluated as PyTorch's ``torch.sigmoid`` does
+    (e^−x, then 1 + ·, then the reciprocal), so that saturated probabilities round to the same
+    float32 steps below 1 (the soft aggregation's 1e-7 clamp turns one-ulp differences there
+    into different odds). Float32 array of any shape → float32 of the same shape, in `out` when
+    given (`out` may be `x`); no overflow warning for very negative x (e^−x = inf → 0)."""
+    out = np.negative(x, out=out)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)
     out += 1
-    out *= 0.5
+    np.reciprocal(out, out=out)
     return out
 
 

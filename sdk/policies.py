@@ -84,21 +84,35 @@ class Quality:
     the mean QAM score of the frame's objects over the first frame's. The first frame (t = 0)
     sets S̄A_1, from the objects it holds (objects that appear later do not change it).
 
-    S̄A_1 = 0 (QAM rates the annotation itself as worthless, so a ratio to it says nothing)
-    → scores are used unnormalised (S̄A_1 := 1) for the rest of the video.
+    As QDMN's ``inference_core.py`` computes it, objects scoring exactly 0 on the first frame
+    are left out of S̄A_1 (a ReLU-ended QAM gives 0 to what it cannot rate); later frames
+    average all their objects. If every first-frame score is 0, S̄A_1 is undefined:
+    ``all_zero="raw"`` (default) then uses the scores unnormalised (S̄A_1 := 1) for the rest of
+    the video; ``all_zero="nan"`` makes every later S̄A_t NaN, so that no comparison with a
+    threshold holds and no frame passes (what the authors' code does: 0/0). ``dtype`` is the
+    arithmetic's: float64, or float32 as QDMN's code computes it (sum / count of the network's
+    float32 scores), which decides frames within rounding of σ the same way.
     Raises ValueError when ``scores`` is None (the export lacks the QAM head).
     """
 
-    def __init__(self):
-        self.first = 1.0
+    def __init__(self, all_zero: str = "raw", dtype=np.float64):
+        self.all_zero, self.dtype = all_zero, dtype
+        self.first = dtype(1.0)
 
-    def __call__(self, t: int, scores: np.ndarray | None) -> float:
+    def _mean(self, scores: np.ndarray):
+        return np.sum(scores) / self.dtype(len(scores))
+
+    def __call__(self, t: int, scores: np.ndarray | None):
         if scores is None:
             raise ValueError("this memory policy needs the frame's QAM scores [N]")
-        mean = float(np.mean(scores))
+        scores = np.asarray(scores, self.dtype).ravel()
         if t == 0:
-            self.first = mean if mean > 0 else 1.0
-        return mean / self.first
+            rated = scores[scores != 0]
+            if rated.size:
+                self.first = self._mean(rated)
+            else:
+                self.first = self.dtype(np.nan if self.all_zero == "nan" else 1.0)
+        return self._mean(scores) / self.first
 
 
 class EveryK(MemoryPolicy):
@@ -153,35 +167,58 @@ class QDMN(MemoryPolicy):
     """Quality-aware dynamic memory bank (QDMN, Liu et al. ECCV 2022, §3.2–3.3, Alg. 1).
 
     A write is due when ``interval`` (N) frames have passed since the last write; a due frame
-    is admitted if its normalised score S̄A_t (Eq. 3, :class:`Quality`) ≥ ``sigma`` (σ, Alg. 1
-    line 4), else the write is deferred to the next frame, and so on. The memory holds the
-    annotated first frame (slot 0, never evicted) + at most ``beta`` (β) frames: Alg. 1 line 7
-    adds while len(Memory) ≤ β with the first frame in Memory (relative index j = 1), i.e.
-    "memory limit 20 + first" on DAVIS (YouTube-VOS: σ 0.75, β 10). When full, the frame with
-    the lowest reference score S^R_k = S̄A_k + S^C_k is replaced, S^C_k = exp(k − j) (Alg. 1
-    lines 10–18; Eq. 4) with k, j the *relative memory indices* (write order) of the memory
-    frame and of the incoming one, as Alg. 1 and the authors' code use them (not frame
-    indices: frames ≥ N apart would make S^C negligible); ties → the oldest. Frames with a
-    user-given mask are always written (they count as writes) and may be evicted later like any
-    other. QAM scores are needed only at t = 0, on due frames and on given frames
+    is admitted if its normalised score S̄A_t (Eq. 3, :class:`Quality`) passes σ (``sigma``),
+    else the write is deferred to the next frame, and so on. Frames with a user-given mask are
+    always written (they count as admissions). The annotated first frame sits in slot 0.
+
+    ``schedule`` says how the rest of Alg. 1 is read:
+
+    * ``"paper"`` (default) — admitted when S̄A_t ≥ σ (Alg. 1 line 4). The memory holds the
+      first frame (never evicted) + at most ``beta`` (β) frames: Alg. 1 line 7 adds while
+      len(Memory) ≤ β with the first frame in Memory, i.e. "memory limit 20 + first" on DAVIS
+      (YouTube-VOS: σ 0.75, β 10). When full, the frame with the lowest reference score
+      S^R_k = S̄A_k + S^C_k is replaced, S^C_k = exp(k − j) (lines 10–18; Eq. 4) with k, j the
+      relative memory indices (write order) of the memory frame and the incoming one; ties →
+      the oldest.
+    * ``"authors"`` — what QDMN's ``inference_core.py`` does with its released model: admitted
+      when S̄A_t > σ (strictly); the admission list excludes the first frame and grows while it
+      holds ≤ β entries, so memory reaches first + β + 1 frames; when full, the entry m with the
+      lowest exp(−|j − m|) + S̄A_m (first on ties, in admission-list order) leaves the list and
+      the new frame joins it, but the tensor entry removed is the one at that entry's *list
+      position* counted in the memory tensor, whose position 0 is the first frame — so the
+      frame that leaves memory is the one before it in admission order, or the first frame when
+      the entry was at the head of the list. Kept bit for bit so that imported QDMN weights give
+      the authors' masks; only videos with more than β + 1 admissions (over ~110 frames at
+      N = 5) reach it.
+
+      A first frame whose objects all score 0 leaves S̄A undefined and no frame is admitted
+      (:class:`Quality` ``all_zero="nan"``), as there.
+
+    QAM scores are needed only at t = 0, on due frames and on given frames
     (:meth:`needs_score`); the prior mask (PE, Eq. 5) is the previous frame's.
     """
 
     name = "qdmn"
     requires = ("qam", "prior_enhance")
 
-    def __init__(self, interval: int = 5, sigma: float = 0.8, beta: int = 20):
+    def __init__(self, interval: int = 5, sigma: float = 0.8, beta: int = 20, schedule: str = "paper"):
         if int(interval) < 1 or int(beta) < 1:
             raise InputError(f"qdmn: interval and beta must be ≥ 1, got {interval}, {beta}")
-        self.interval, self.sigma, self.beta = int(interval), float(sigma), int(beta)
-        self.quality = Quality()
+        if schedule not in ("paper", "authors"):
+            raise InputError(f"qdmn: schedule must be 'paper' or 'authors', got {schedule!r}")
+        self.interval, self.sigma, self.beta, self.schedule = int(interval), float(sigma), int(beta), schedule
+        self.quality = (Quality("nan", np.float32) if schedule == "authors" else Quality())
         self._last = 0                                        # frame of the last write
         self._j = 0                                           # relative index of the last write
-        self._score = np.zeros(self.beta + 1)                 # slot → S̄A_k
-        self._index = np.zeros(self.beta + 1, np.int64)       # slot → relative index k
+        slots = self.capacity()
+        self._score = np.zeros(slots)                         # slot → S̄A_k
+        self._index = np.zeros(slots, np.int64)               # slot → relative index k
+        self._admitted: list[int] = []                        # authors: admission list (relative indices)
+        self._sa: dict[int, float] = {}                       # authors: relative index → S̄A
+        self._order: list[int] = [0]                          # authors: memory tensor order (slots)
 
     def capacity(self) -> int:
-        return self.beta + 1
+        return self.beta + (2 if self.schedule == "authors" else 1)
 
     def needs_score(self, t, given):
         return t == 0 or given or t - self._last >= self.interval
@@ -190,19 +227,38 @@ class QDMN(MemoryPolicy):
         if not self.needs_score(t, given):
             return None
         score = self.quality(t, scores)
-        if t > 0 and not given and score < self.sigma:
+        if t == 0:
+            self._score[0] = score
+            return 0
+        passes = score > self.sigma if self.schedule == "authors" else score >= self.sigma
+        if not (given or passes):
             return None
+        self._j += 1
+        self._last = t
+        if self.schedule == "authors":
+            return self._authors_write(table, score)
         empty = np.flatnonzero(table < 0)
-        if t > 0:
-            self._j += 1
         if empty.size:
             slot = int(empty[0])
         else:
             reference = self._score[1:] + np.exp(self._index[1:] - self._j)
             slot = 1 + int(np.lexsort((self._index[1:], reference))[0])
-        self._last, self._score[slot], self._index[slot] = t, score, self._j
+        self._score[slot], self._index[slot] = score, self._j
         return slot
 
+    def _authors_write(self, table, score) -> int:
+        if len(self._admitted) > self.beta:
+            reference = [np.exp(-abs(self._j - m)) + self._sa[m] for m in self._admitted]
+            pos = int(np.argmin(reference))                   # first minimum, in list order
+            del self._sa[self._admitted.pop(pos)]
+            slot = self._order.pop(pos)                       # the tensor entry at that position
+        else:
+            slot = int(np.flatnonzero(table < 0)[0])
+        self._admitted.append(self._j)
+        self._sa[self._j] = score
+        self._order.append(slot)
+        self._score[slot], self._index[slot] = score, self._j
+        return slot
 
 class LFU(MemoryPolicy):
     """Least-frequently-used feature memory (Adaptive Memory Management thesis, ch. 3.3.4).
@@ -356,7 +412,8 @@ class QualityGate(MemoryPolicy):
         return True
 
     def on_frame(self, t, table, given, scores=None):
-        if self.quality(t, scores) < self.sigma and t > 0 and not given:
+        quality = self.quality(t, scores)                     # t = 0 sets S̄A_1
+        if t > 0 and not given and not quality >= self.sigma:   # NaN never passes
             return None
         return self.inner.on_frame(t, table, given, scores)
 

@@ -121,11 +121,24 @@ class Graphs:
             _check_signature(name, session, manifest.raw["graphs"][name])
             self.sessions[name] = session
         self.providers = self.sessions[names[0]].get_providers()
+        self._inputs = {n: [i.name for i in s.get_inputs()] for n, s in self.sessions.items()}
+        self._outputs = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
 
     def input_names(self, name: str) -> list[str]:
         """Input names of graph ``name``, in order."""
-        return [i.name for i in self.sessions[name].get_inputs()]
+        return self._inputs[name]
+
+    def output_names(self, name: str) -> list[str]:
+        """Output names of graph ``name``, in order."""
+        return self._outputs[name]
 
     def run(self, name: str, feeds: dict) -> list[np.ndarray]:
         """Run graph ``name`` on ``feeds`` (input name → array); returns its outputs in order."""
         return self.sessions[name].run(None, feeds)
+
+    def run_named(self, name: str, feeds: dict) -> dict[str, np.ndarray]:
+        """Run graph ``name`` on the entries of ``feeds`` it takes (others are ignored: e.g. a
+        value encoder that does not read the key encoder's f16); returns {output name: array}."""
+        inputs = self._inputs[name]
+        outputs = self.run(name, {k: feeds[k] for k in inputs})
+        return dict(zip(self._outputs[name], outputs))

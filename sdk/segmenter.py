@@ -38,12 +38,17 @@ class Segmenter:
             ``logging`` warning on logger ``"vosedge"`` when CUDA is dropped). Short names
             ``"cuda"``, ``"cpu"`` accepted.
         resolution: internal short side in px: ``"manifest"`` = the manifest's, an int, or None
-            = native frame size. Frames are resized (aspect kept), then zero-padded
-            bottom/right to multiples of the manifest ``stride``; outputs are at input size.
+            = native frame size. Frames are resized (aspect kept), then zero-padded to
+            multiples of the manifest ``stride`` (bottom/right, or on both sides when the
+            manifest's ``inference.padding`` is ``"centre"``); outputs are at input size.
         top_k: top-k of the readout softmax; None = the policy's (RDE: 40), else the
             manifest's ``top_k``.
         threads: CPU threads per graph (onnxruntime intra-op); None = one per physical core.
             Sessions never spin-wait (:func:`sdk.runtime.session_options`).
+        temporary_memory: read the previous frame as a temporary memory when the policy did not
+            write it (QDMN's inference; STCN's ``include_last``); None = the manifest's
+            ``inference.temporary_memory`` for frame-slot policies (LFU keeps features: off).
+            True with LFU → :class:`~sdk.errors.InputError`.
         **policy_params: override the manifest's ``policy_defaults[method]``, e.g. ``k=5``,
             ``max_frames=20`` for every_k; ``quality_gate=σ`` (any policy) writes only frames
             whose normalised QAM score is ≥ σ.
@@ -58,12 +63,19 @@ class Segmenter:
     ``prior_enhance`` (QDMN, QPM) pass the key encoder's f16 and a prior mask [1,1,H,W] through
     that graph, which returns the enhanced f16 and its key (QDMN Eq. 5, QPM Eq. 4); the prior
     is the foreground probability (max over objects) of the frame ``policy.prior(t)`` picks
-    (t − 1 or 0); the first frame gets its own annotation.
+    (t − 1 or 0); the first frame gets its own annotation. An export whose manifest says
+    ``inference.prior_enhance = "always"`` (QDMN) runs it on every frame, whatever the policy.
+
+    Exports of the authors' networks (manifest version 2, ``docs/graph-contract.md``) may also
+    ask for memory keys per object (``inference.memory_keys = "per_object"``: the value encoder
+    returns ``key`` [N,C_k,h,w] beside ``value``, the bank and the readout keep one key per
+    object) and QAM scores from another value-encoder output than ``value`` (the ``qam``
+    graph's input names say which).
     """
 
     def __init__(self, model: str | Path | None = None, method: str | None = None, providers=None,
                  resolution: int | str | None = "manifest", top_k: int | None = None,
-                 threads: int | None = None, **policy_params):
+                 threads: int | None = None, temporary_memory: bool | None = None, **policy_params):
         self.manifest: Manifest = resolve_model(model)
         m = self.manifest
         self.method = method or m.method
@@ -83,8 +95,24 @@ class Segmenter:
         self.top_k = (policy.top_k or m.top_k) if top_k is None else int(top_k)
         if self.top_k < 1:
             raise InputError(f"top_k must be ≥ 1, got {top_k}")
-        self._graphs = Graphs(m, providers, GRAPH_NAMES + policy.requires, threads=threads)
-        self._prior_input = "prior_enhance" in policy.requires
+        inference = m.inference
+        always = ("prior_enhance",) if inference["prior_enhance"] == "always" else ()
+        missing = [name for name in always if name not in m.graphs]
+        if missing:
+            raise ManifestError(f"the export {m.root} says prior enhancement runs on every frame, but it has no "
+                                "prior_enhance graph: re-export the model")
+        if temporary_memory is None:                 # the manifest's, where the policy keeps frame slots
+            temporary_memory = inference["temporary_memory"] and not policy.per_feature
+        elif temporary_memory and policy.per_feature:
+            raise InputError(f"temporary_memory works with frame-slot policies; {self.method!r} keeps features")
+        self.temporary_memory = bool(temporary_memory)
+        self._object_keys = inference["memory_keys"] == "per_object"
+        if self._object_keys and {"sam_key", "sam_value"} & set(policy.requires):
+            raise ManifestError(f"memory policy {self.method!r} folds keys with SAM, which this export's "
+                                "per-object keys do not support")
+        self._graphs = Graphs(m, providers, tuple(dict.fromkeys(GRAPH_NAMES + policy.requires + always)),
+                              threads=threads)
+        self._prior_input = "prior_enhance" in policy.requires or bool(always)
         self._mean = np.asarray(m.mean, np.float32)
         self._std = np.asarray(m.std, np.float32)
         self.timings: dict[str, float] = {}
@@ -95,7 +123,8 @@ class Segmenter:
         """Forget the video: empty memory, no objects, next :meth:`step` is a first frame."""
         self.policy: MemoryPolicy = make_policy(self.method, **self._policy_params)
         self.bank = MemoryBank(self.manifest.key_channels, self.manifest.value_channels,
-                               growable=self.policy.growable)
+                               growable=self.policy.growable, object_keys=self._object_keys,
+                               temporary=self.temporary_memory)
         self._labels: list[int] = []                 # object index → label value
         self._lut = np.zeros(1, np.uint8)            # argmax channel → label value
         self._geometry: Geometry | None = None
@@ -157,14 +186,15 @@ class Segmenter:
                 raise InputError("the first frame needs a mask: step(frame, mask) with a label map "
                                  "holding at least one object (labels 1..max_objects)")
             self._geometry = Geometry.for_frame(frame.shape[0], frame.shape[1], self.resolution,
-                                                self.manifest.stride)
+                                                self.manifest.stride, self.manifest.inference["padding"])
         geo, t = self._geometry, self._t
         image = geo.image(frame, self._mean, self._std, self._work)
         given_map = None if mask is None else geo.label_map(mask)
         t1 = perf_counter()
         ms["preprocess"] = (t1 - t0) * 1e3
 
-        key, f16, f8, f4 = self._graphs.run("key_encoder", {"image": image})
+        query = self._graphs.run_named("key_encoder", {"image": image})
+        key, f16, f8, f4 = query.get("key"), query["f16"], query["f8"], query["f4"]
         if self._prior_input:
             key, f16 = self._graphs.run("prior_enhance", {"f16": f16, "prior": self._prior(t, given_map)})
         t2 = perf_counter()
@@ -199,20 +229,29 @@ class Segmenter:
 
         if self._prior_input:
             self._prev_prior = agg[1:].max(0)[None, None]
-        value = scores = None
+        encoded = scores = None
+        if self.temporary_memory and t > 0:
+            encoded = self._encode_value(image, f16, agg, ms)       # written somewhere either way
         if "qam" in self.policy.requires and self.policy.needs_score(t, mask is not None):
-            value = self._encode_value(image, f16, agg, ms)
+            encoded = encoded or self._encode_value(image, f16, agg, ms)
             t6 = perf_counter()
-            (scores,) = self._graphs.run("qam", {"value": value})
+            (scores,) = self._graphs.run_named("qam", encoded).values()
             ms["qam"] = (perf_counter() - t6) * 1e3
-        table = self.bank.origin if self.policy.per_feature else self.bank.frames
+        table = self.bank.positions if self.policy.per_feature else self.bank.frames
         decision = self.policy.on_frame(t, table, mask is not None, scores)
-        if decision is not None:
-            if value is None:
-                value = self._encode_value(image, f16, agg, ms)
+        temporary = decision is None and self.temporary_memory and t > 0
+        if decision is not None or temporary:
+            encoded = encoded or self._encode_value(image, f16, agg, ms)
             t7 = perf_counter()
-            self.bank.apply(decision, key.reshape(key.shape[1], -1), value.reshape(*value.shape[:2], -1), t,
-                            self._sam)
+            value = encoded["value"]
+            memory_key = encoded["key"] if self._object_keys else key[0]
+            memory_key = memory_key.reshape(*memory_key.shape[:-2], -1)
+            value = value.reshape(*value.shape[:2], -1)
+            if decision is None:
+                self.bank.write_temporary(memory_key, value, t)
+            else:
+                self.bank.clear_temporary()
+                self.bank.apply(decision, memory_key, value, t, self._sam)
             if isinstance(decision, Write) and decision.fold is not None:
                 ms["sam"] = (perf_counter() - t7) * 1e3
         self._t += 1
@@ -230,17 +269,18 @@ class Segmenter:
             return self._first_prior
         return self._first_prior if self.policy.prior(t) == 0 else self._prev_prior
 
-    def _encode_value(self, image, f16, agg, ms) -> np.ndarray:
-        """Value encoder on the soft-aggregated prediction agg [N+1,Hp,Wp] → value [N,C_v,h,w]."""
+    def _encode_value(self, image, f16, agg, ms) -> dict[str, np.ndarray]:
+        """Value encoder on the soft-aggregated prediction agg [N+1,Hp,Wp] → its outputs:
+        ``value`` [N,C_v,h,w] (+ ``key`` [N,C_k,h,w] with per-object keys, + what the QAM reads)."""
         own = agg[1:]
         masks = self._work.array("value_masks", (len(own), 2, *own.shape[1:]))   # [N,2,Hp,Wp]
         masks[:, 0] = own
         total = np.sum(own, axis=0, out=self._work.array("value_total", own.shape[1:]))
         np.subtract(total, own, out=masks[:, 1])                      # the other objects
         t0 = perf_counter()
-        (value,) = self._graphs.run("value_encoder", {"image": image, "f16": f16, "masks": masks})
+        out = self._graphs.run_named("value_encoder", {"image": image, "f16": f16, "masks": masks})
         ms["value_encoder"] = (perf_counter() - t0) * 1e3
-        return value
+        return out
 
     def _sam(self, key_rde, value_rde, key, value) -> tuple[np.ndarray, np.ndarray]:
         """SAM (RDE-VOS Eq. 4–6): (previous RDE key [C_k,hw], value [N,C_v,hw], new memory
@@ -260,10 +300,10 @@ class Segmenter:
         t0 = perf_counter()
         bank = self.bank
         readout, usage = self._graphs.run("readout", {
-            "query_key": key, "memory_keys": bank.keys[None], "memory_values": bank.values,
+            "query_key": key, "memory_keys": bank.readout_keys, "memory_values": bank.values,
             "valid": bank.valid, "top_k": np.array(min(self.top_k, bank.num_valid), np.int64)})
         t1 = perf_counter()
-        self.policy.on_readout(t, usage)
+        self.policy.on_readout(t, bank.policy_usage(usage))
         t2 = perf_counter()
         (logits,) = self._graphs.run("decoder", {"readout": readout, "f16": f16, "f8": f8, "f4": f4})
         t3 = perf_counter()

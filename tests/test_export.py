@@ -19,7 +19,8 @@ from sdk.manifest import sha256_file  # noqa: E402
 def test_manifest_written_per_contract(tiny_export, tiny_net):
     m = json.loads((tiny_export / "manifest.json").read_text())
     cfg = tiny_net.config
-    assert (m["format"], m["manifest_version"], m["opset"], m["method"]) == ("vosedge-export", 1, 17, "every_k")
+    assert (m["format"], m["manifest_version"], m["opset"], m["method"]) == ("vosedge-export", 2, 17, "every_k")
+    assert "inference" not in m          # vosedge's own networks: the version-1 semantics
     assert (m["key_channels"], m["value_channels"], m["stride"]) == (16, 32, 16)
     assert m["skip_channels"] == cfg["skip_channels"] and m["max_objects"] == cfg["max_objects"]
     assert m["normalisation"] == {"mean": cfg["mean"], "std": cfg["std"]}

@@ -57,7 +57,10 @@ def test_missing_graph_is_refused(export_copy):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"manifest_version": 2}, "manifest_version 2 is not supported"),
+    ({"manifest_version": 3}, "manifest_version 3 is not supported"),
+    ({"inference": {"padding": "left"}}, r"inference.padding is 'left'"),
+    ({"inference": {"memory_keys": "shared", "pixels": 3}}, r"unknown inference field\(s\) \['pixels'\]"),
+    ({"inference": {"temporary_memory": "yes"}}, "inference.temporary_memory is 'yes'"),
     ({"format": "something-else"}, "format is 'something-else'"),
     ({"stride": None}, "malformed"),
 ])
@@ -65,6 +68,19 @@ def test_incompatible_manifest_is_refused(export_copy, changes, message):
     edit_manifest(export_copy, **changes)
     with pytest.raises(ManifestError, match=message):
         load_manifest(export_copy)
+
+
+def test_version_1_manifest_keeps_its_semantics(export_copy):
+    """An export written before manifest version 2 (the bundled model's) loads with the
+    semantics it was made for: bottom/right padding, shared keys, no temporary memory."""
+    edit_manifest(export_copy, manifest_version=1, inference={"padding": "centre"})   # ignored in v1
+    m = load_manifest(export_copy)
+    assert m.inference == {"padding": "bottom_right", "affinity": "l2", "memory_keys": "shared",
+                           "temporary_memory": False, "prior_enhance": "policy", "qam_activation": "sigmoid"}
+    edit_manifest(export_copy, manifest_version=2, inference={"padding": "centre", "temporary_memory": True})
+    m = load_manifest(export_copy)
+    assert m.inference["padding"] == "centre" and m.inference["temporary_memory"] is True
+    assert m.inference["memory_keys"] == "shared"
 
 
 def test_missing_field_and_bad_json(export_copy):
