@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stcn import IMAGENET_MEAN, IMAGENET_STD, ResBlock
+from .stcn import IMAGENET_MEAN, IMAGENET_STD, Decoder, ResBlock
 
 
 class BiasBottleneck(nn.Module):
@@ -105,21 +105,6 @@ class UpsampleBlock(nn.Module):
         x = self.skip_conv2(self.skip_conv1(skip))
         x = x + F.interpolate(up, scale_factor=2.0, mode="bilinear", align_corners=False)
         return self.out_conv(x)
-
-
-class Decoder(nn.Module):
-    """1024 → ``compress`` → ``up_16_8`` (f8) → ``up_8_4`` (f4) → ``pred`` → ×4 bilinear."""
-
-    def __init__(self):
-        super().__init__()
-        self.compress = ResBlock(1024, 512)
-        self.up_16_8 = UpsampleBlock(512, 512, 256)
-        self.up_8_4 = UpsampleBlock(256, 256, 256)
-        self.pred = nn.Conv2d(256, 1, 3, padding=1)
-
-    def forward(self, x, f8, f4):
-        x = self.up_8_4(f4, self.up_16_8(f8, self.compress(x)))
-        return F.interpolate(self.pred(F.relu(x)), scale_factor=4.0, mode="bilinear", align_corners=False)
 
 
 class _ConvBNReLU(nn.Module):
@@ -202,7 +187,7 @@ class QDMN(nn.Module):
         self.rgb_encoder = _Trunk(3, "res2")
         self.kv_m_f16 = KeyValue()
         self.kv_q_f16 = KeyValue()
-        self.decoder = Decoder()
+        self.decoder = Decoder(UpsampleBlock)
         self.aspp = ASPP(1024)
         self.score = Score(1024)
         self.concat_conv = nn.Conv2d(1025, 1, 3, 1, 1)

@@ -212,13 +212,15 @@ class UpsampleBlock(nn.Module):
 
 class Decoder(nn.Module):
     """[readout 512, key_comp(f16) 512] (1024) → ``compress`` → ``up_16_8`` (f8) → ``up_8_4``
-    (f4) → ``pred`` → ×4 bilinear: logits [N,1,H,W]."""
+    (f4) → ``pred`` → ×4 bilinear: logits [N,1,H,W]. ``upsample`` is the class of the two
+    upsampling blocks (STCN's :class:`UpsampleBlock`; QDMN's has an extra skip ResBlock)."""
 
-    def __init__(self):
+    def __init__(self, upsample: type[nn.Module] | None = None):
         super().__init__()
+        upsample = upsample or UpsampleBlock
         self.compress = ResBlock(1024, 512)
-        self.up_16_8 = UpsampleBlock(512, 512, 256)
-        self.up_8_4 = UpsampleBlock(256, 256, 256)
+        self.up_16_8 = upsample(512, 512, 256)
+        self.up_8_4 = upsample(256, 256, 256)
         self.pred = nn.Conv2d(256, 1, 3, padding=1)
 
     def forward(self, x, f8, f4):
