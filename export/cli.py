@@ -46,6 +46,10 @@ The authors' released weights (layout recognised from the state_dict keys):
 @click.option("--arch", type=click.Choice(ARCH_CHOICES), default=None,
               help="Layout of a .pth checkpoint; default: recognised from its keys. A file that does not "
                    "match it exactly (missing, unexpected or misshapen tensors) is refused.")
+@click.option("--qam-activation", type=click.Choice(("relu", "sigmoid")), default=None,
+              help="QDMN only: the last activation of the QAM score head, which a checkpoint does not record. "
+                   "Default relu (the released model); sigmoid for runs trained with the variant QDMN's README "
+                   "suggests when pre-training scores collapse to 0.")
 @click.option("--method", default=None, callback=_method,
               help="Default memory policy recorded in the manifest (the sdk can pick any other the graphs "
                    "allow): every_k (first frame + every 5th), first_latest (first + previous frame), "
@@ -62,7 +66,7 @@ The authors' released weights (layout recognised from the state_dict keys):
               help="DAVIS-layout folder (e.g. ../shared/data/davis2016-240p): the parity check runs on "
                    "the first frames and GT masks of 3 val sequences. Default: a synthetic clip.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset of the graphs.")
-def main(checkpoint, arch, method, out, resolution, parity_data, opset):
+def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data, opset):
     """Export a checkpoint to ONNX for the vosedge sdk.
 
     Writes OUT/key_encoder.onnx, value_encoder.onnx, readout.onnx, decoder.onnx, one graph
@@ -77,7 +81,7 @@ def main(checkpoint, arch, method, out, resolution, parity_data, opset):
     or `sdk.Segmenter(model=OUT)`.
     """
     try:
-        net = _load(checkpoint, arch)
+        net = _load(checkpoint, arch, qam_activation)
         if method is None:
             method = getattr(net, "default_method", "every_k")
         if resolution == "arch":
@@ -94,14 +98,14 @@ def main(checkpoint, arch, method, out, resolution, parity_data, opset):
                + "".join(f", {n} {d:.1e}" for n, d in heads.items()) + f" on {parity['frames']}")
 
 
-def _load(checkpoint: Path, arch: str | None):
+def _load(checkpoint: Path, arch: str | None, qam_activation: str | None):
     """vos-train checkpoint (.safetensors/.json) or authors' release (anything else, e.g. .pth)."""
     # torch only here: the sdk never needs it
     if checkpoint.suffix in (".safetensors", ".json"):
-        if arch is not None:
-            raise click.UsageError("--arch is for the authors' .pth checkpoints; a vos-train checkpoint "
-                                   "names its network in its .json")
+        if arch is not None or qam_activation is not None:
+            raise click.UsageError("--arch and --qam-activation are for the authors' .pth checkpoints; a "
+                                   "vos-train checkpoint names its network in its .json")
         from training.checkpoint import load_checkpoint
         return load_checkpoint(checkpoint)[0]
     from training.authors.checkpoints import load_authors_checkpoint
-    return load_authors_checkpoint(checkpoint, arch)
+    return load_authors_checkpoint(checkpoint, arch, qam_activation)

@@ -137,6 +137,22 @@ def test_bad_checkpoints_are_refused_and_nothing_is_written(case, stcn_sd, check
     assert not out.exists() and not any(p.name.startswith(".export-") for p in tmp_path.iterdir())
 
 
+def test_qam_activation_is_chosen_at_export(checkpoints, tmp_path):
+    """A checkpoint does not say whether its QAM ends in ReLU (released QDMN) or sigmoid (the
+    README's pre-training variant): --qam-activation does, QDMN only."""
+    net = load_authors_checkpoint(checkpoints["qdmn"], qam_activation="sigmoid")
+    assert net.inference["qam_activation"] == "sigmoid"
+    feature = torch.randn(2, 1024, 5, 7) * 3
+    with torch.no_grad():
+        squashed, released = net.score_from(feature), load_authors_checkpoint(checkpoints["qdmn"]).score_from(feature)
+    assert ((squashed > 0) & (squashed < 1)).all() and (released >= 0).all()
+    # the same pre-activation z: sigmoid(z) there, relu(z) in the released head
+    assert torch.allclose(torch.relu(torch.logit(squashed.double())), released.double(), atol=1e-3)
+    result = CliRunner().invoke(vos_export, ["--checkpoint", str(checkpoints["stcn"]), "--qam-activation", "sigmoid",
+                                             "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "applies to QDMN checkpoints" in result.output and not (tmp_path / "x").exists()
+
+
 def test_missing_checkpoint_file_is_named(tmp_path):
     result = CliRunner().invoke(vos_export, ["--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "nope.pth not found" in result.output

@@ -97,10 +97,12 @@ def strict_match(net: nn.Module, sd: dict, arch: str) -> None:
         raise CheckpointError(f"checkpoint does not match the {arch!r} layout: " + "; ".join(problems))
 
 
-def load_authors_checkpoint(path: str | Path, arch: str | None = None) -> nn.Module:
+def load_authors_checkpoint(path: str | Path, arch: str | None = None, qam_activation: str | None = None) -> nn.Module:
     """Read the authors' checkpoint ``path`` into its network (eval mode, float32).
 
-    arch: ``"stcn"``, ``"rde"``, ``"qdmn"`` or None = recognised from the keys. Raises
+    arch: ``"stcn"``, ``"rde"``, ``"qdmn"`` or None = recognised from the keys.
+    qam_activation: QDMN only, the last activation of its QAM (``"relu"`` as released, or
+    ``"sigmoid"``); a checkpoint does not say which it was trained with. Raises
     FileNotFoundError, or :class:`CheckpointError` for an unreadable file, an unknown layout,
     or any missing/unexpected key or shape mismatch against the layout (the message names the
     layout and the first offending keys).
@@ -110,7 +112,9 @@ def load_authors_checkpoint(path: str | Path, arch: str | None = None) -> nn.Mod
         arch = detect_arch(sd)
     elif arch not in ARCHS:
         raise CheckpointError(f"unknown layout {arch!r}; known: {', '.join(ARCHS)}")
-    net = ARCHS[arch]()
+    if qam_activation is not None and arch != "qdmn":
+        raise CheckpointError(f"qam_activation applies to QDMN checkpoints; this one is {arch!r}")
+    net = ARCHS[arch](**({"qam_activation": qam_activation} if qam_activation else {}))
     sd = net.convert_state_dict(sd)
     strict_match(net, sd, arch)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)

@@ -142,10 +142,15 @@ class ASPP(nn.Module):
 
 
 class Score(nn.Module):
-    """QAM score head (QDMN Eq. 1) on a [N,1024,24,24] feature → [N] (ReLU output: ≥ 0)."""
+    """QAM score head (QDMN Eq. 1) on a [N,1024,24,24] feature → [N]: ReLU output (≥ 0, the
+    released model) or, with ``activation="sigmoid"``, in (0,1) (the variant QDMN's README
+    suggests for pre-training runs whose scores collapse to 0; same parameters)."""
 
-    def __init__(self, channels: int = 1024):
+    def __init__(self, channels: int = 1024, activation: str = "relu"):
         super().__init__()
+        if activation not in ("relu", "sigmoid"):
+            raise ValueError(f"QAM activation must be 'relu' or 'sigmoid', got {activation!r}")
+        self.activation = activation
         self.conv1 = nn.Conv2d(channels, 256, 3, 1, 1)
         self.conv2 = nn.Conv2d(256, 256, 3, 1, 1)
         self.conv3 = nn.Conv2d(256, 256, 3, 1, 1)
@@ -156,7 +161,8 @@ class Score(nn.Module):
     def forward(self, x):
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
             x = F.relu(conv(x))
-        return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))[:, 0]
+        x = self.fc2(F.relu(self.fc1(x.flatten(1))))[:, 0]
+        return F.relu(x) if self.activation == "relu" else torch.sigmoid(x)
 
 
 class QDMN(nn.Module):
@@ -178,8 +184,9 @@ class QDMN(nn.Module):
     # inference_core.py: mem_freq 5, admitted when S̄A > 0.8, memory_thr 20 (→ first + 21 frames)
     policy_defaults = {"qdmn": {"interval": 5, "sigma": 0.8, "beta": 20, "schedule": "authors"}}
 
-    def __init__(self):
+    def __init__(self, qam_activation: str = "relu"):
         super().__init__()
+        self.inference = {**QDMN.inference, "qam_activation": qam_activation}
         self.config = {"name": "qdmn", "key_channels": 128, "value_channels": 512,
                        "skip_channels": {"f16": 1024, "f8": 512, "f4": 256}, "stride": 16, "max_objects": 64,
                        "top_k": 50, "heads": ["qam", "prior"], "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -189,7 +196,7 @@ class QDMN(nn.Module):
         self.kv_q_f16 = KeyValue()
         self.decoder = Decoder(UpsampleBlock)
         self.aspp = ASPP(1024)
-        self.score = Score(1024)
+        self.score = Score(1024, qam_activation)
         self.concat_conv = nn.Conv2d(1025, 1, 3, 1, 1)
 
     @property
