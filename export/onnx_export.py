@@ -138,7 +138,10 @@ def export_model(net: nn.Module, out_dir: str | Path, method: str = "every_k", r
     ``sam_value``; :data:`HEAD_GRAPHS`) (TorchScript exporter, ``opset``, dynamic H, W, N, M)
     and ``manifest.json`` (sha256 of
     every graph, channels, stride, normalisation, ``resolution`` = default internal short
-    side in px or None, default ``method`` and policy defaults). Then checks parity: frame 0
+    side in px or None, default ``method`` and policy defaults — the network's
+    ``policy_defaults`` over :data:`POLICY_DEFAULTS` —, for the authors' networks their
+    ``inference`` semantics (every field of :data:`sdk.manifest.INFERENCE_FIELDS`) and the
+    checkpoint they came from as ``source``). Then checks parity: frame 0
     (+ its mask) is encoded into memory next to one empty slot, frame 1 is read out and
     decoded, by the torch parts and by the ONNX graphs (onnxruntime CPU, via the sdk's own
     preprocessing); logits must agree within 1e-3 max-abs and the masks (logit > 0) with
