@@ -22,7 +22,7 @@ from fake_segmenter import CopyFirstSegmenter
 from PIL import Image
 
 import sdk
-from benchmarks import bench
+from benchmarks import bench, machine, playback, runs
 from benchmarks.report import PLOTS, markdown_table, p50_change
 from sdk import cli
 from sdk.demo import make_clip
@@ -124,20 +124,20 @@ def check_schema(report: dict) -> None:
 
 
 def test_ping_pong_plays_forward_then_backward():
-    assert bench.ping_pong(4, 2) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1]
-    assert bench.unit_frames(50) == 98
+    assert playback.ping_pong(4, 2) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1]
+    assert playback.unit_frames(50) == 98
 
 
 def test_stream_order_cuts_or_extends_the_ping_pong():
-    assert bench.stream_order(4, 3) == [0, 1, 2]
-    assert bench.stream_order(4, 8) == [0, 1, 2, 3, 2, 1, 0, 1]
-    assert bench.make_order(4, ("frames", 8)) == bench.stream_order(4, 8)
-    assert bench.make_order(4, ("length", 2)) == bench.ping_pong(4, 2)
+    assert playback.stream_order(4, 3) == [0, 1, 2]
+    assert playback.stream_order(4, 8) == [0, 1, 2, 3, 2, 1, 0, 1]
+    assert playback.make_order(4, ("frames", 8)) == playback.stream_order(4, 8)
+    assert playback.make_order(4, ("length", 2)) == playback.ping_pong(4, 2)
 
 
 def test_prompts_are_given_where_a_frame_is_first_played():
     seq = ["m0", None, "m2"]
-    assert bench.played_prompts(seq, bench.ping_pong(3, 2)) == ["m0", None, "m2", None, None, None, None, None]
+    assert playback.played_prompts(seq, playback.ping_pong(3, 2)) == ["m0", None, "m2", None, None, None, None, None]
 
 
 @pytest.mark.parametrize("text, parsed", [(None, ("manifest", None)), ("native", (None, None)), ("240", (240, None)),
@@ -195,13 +195,13 @@ def test_unknown_method_is_a_usage_error(tmp_path, monkeypatch):
 
 def record_runs(monkeypatch) -> list:
     """→ the list that gets (segmenter.method, frames) of every measured run, in order."""
-    calls, real = [], bench.measure
+    calls, real = [], runs.measure
 
     def counting(segmenter, frames, gt, prompts, order, *args, **kwargs):
         calls.append((segmenter.method, len(order)))
         return real(segmenter, frames, gt, prompts, order, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "measure", counting)
+    monkeypatch.setattr(runs, "measure", counting)
     return calls
 
 
@@ -232,7 +232,7 @@ def test_balance_spreads_short_videos_around_the_longest(tmp_path, monkeypatch):
 
 def test_balanced_schedule_centres_every_length_in_the_middle():
     frames = [98, 980, 1960]                          # lengths 1, 10, 20 of blackswan
-    runs = bench.schedule(["lfu", "rde"], frames, repeats=1, balance=True)
+    runs = playback.schedule(["lfu", "rde"], frames, repeats=1, balance=True)
     assert runs[:len(runs) // 2] == [("lfu", p) for _, p in runs[len(runs) // 2:]]   # same block per method
     block = [p for _, p in runs[:len(runs) // 2]]
     assert [block.count(p) for p in range(3)] == [20, 2, 1]
@@ -242,13 +242,13 @@ def test_balanced_schedule_centres_every_length_in_the_middle():
         start += frames[p]
     for p in range(3):                                 # every length's runs centred on the block's middle
         assert np.mean(centres[p]) == pytest.approx(start / 2, rel=0.02)
-    assert bench.schedule(["lfu"], frames, repeats=2, balance=True).count(("lfu", 0)) == 40
-    assert bench.schedule(["lfu"], [5, 7], repeats=1, balance=True).count(("lfu", 0)) == 2    # ⌈7/5⌉
-    assert bench.schedule(["lfu"], [20], repeats=3, balance=True) == [("lfu", 0)] * 3
+    assert playback.schedule(["lfu"], frames, repeats=2, balance=True).count(("lfu", 0)) == 40
+    assert playback.schedule(["lfu"], [5, 7], repeats=1, balance=True).count(("lfu", 0)) == 2    # ⌈7/5⌉
+    assert playback.schedule(["lfu"], [20], repeats=3, balance=True) == [("lfu", 0)] * 3
 
 
 def test_ctrl_c_leaves_a_valid_partial_json(tmp_path, monkeypatch):
-    real, calls = bench.measure, []
+    real, calls = runs.measure, []
 
     def interrupted_second_run(*args, **kwargs):
         calls.append(1)
@@ -256,7 +256,7 @@ def test_ctrl_c_leaves_a_valid_partial_json(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "measure", interrupted_second_run)
+    monkeypatch.setattr(runs, "measure", interrupted_second_run)
     result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "every_k", "--lengths", "1,2,3",
                                    "--table", tmp_path / "t.md")
     assert result.exit_code == bench.EXIT_INTERRUPTED == 130, result.output
@@ -287,7 +287,7 @@ def _raw(latencies_ms, banks, jf=50.0):
 def test_summaries_pool_repeats_and_compare_windows():
     lat = list(range(1, 21))                            # 20 frames, 1..20 ms
     growing = [100 * (i + 1) for i in range(20)]
-    r = bench.summarize_runs("every_k", 2, [_raw(lat, growing), _raw([x + 20 for x in lat], growing, 52.0)])
+    r = runs.summarize_runs("every_k", 2, [_raw(lat, growing), _raw([x + 20 for x in lat], growing, 52.0)])
     assert r["frames"] == 20 and r["repeats"] == 2
     assert r["latency_ms"]["p50"] == 20.5 and r["latency_ms"]["max"] == 40.0      # pooled 1..40
     assert r["p50_per_repeat_ms"] == [10.5, 30.5]
@@ -299,7 +299,7 @@ def test_summaries_pool_repeats_and_compare_windows():
 
 
 def test_markdown_table_rows_and_skips():
-    rows = [bench.summarize_runs("lfu", 1, [_raw([10, 20, 30], [2 ** 20] * 3)]),
+    rows = [runs.summarize_runs("lfu", 1, [_raw([10, 20, 30], [2 ** 20] * 3)]),
             {"method": "rde", "skipped": "needs graph(s) sam_key | sam_value"}]
     table = markdown_table(rows).splitlines()
     assert table[0].startswith("| method | L | frames | fps | p50 latency |") and len(table) == 4
@@ -309,11 +309,11 @@ def test_markdown_table_rows_and_skips():
 
 
 def test_p50_change_is_relative_to_each_methods_shortest_video():
-    rows = [bench.summarize_runs("lfu", 10, [_raw([21, 21, 21], [1] * 3)]),      # listed before its L=1
-            bench.summarize_runs("lfu", 1, [_raw([20, 20, 20], [1] * 3)]),
+    rows = [runs.summarize_runs("lfu", 10, [_raw([21, 21, 21], [1] * 3)]),      # listed before its L=1
+            runs.summarize_runs("lfu", 1, [_raw([20, 20, 20], [1] * 3)]),
             {"method": "rde", "skipped": "no SAM graphs"},
-            bench.summarize_runs("every_k", 2, [_raw([10, 10, 10], [1] * 3)]),
-            bench.summarize_runs("every_k", 20, [_raw([30, 30, 30], [9] * 3)])]
+            runs.summarize_runs("every_k", 2, [_raw([10, 10, 10], [1] * 3)]),
+            runs.summarize_runs("every_k", 20, [_raw([30, 30, 30], [9] * 3)])]
     change = p50_change(rows)
     assert change == pytest.approx({0: 5.0, 1: 0.0, 3: 0.0, 4: 200.0})
     table = markdown_table(rows).splitlines()
@@ -321,11 +321,11 @@ def test_p50_change_is_relative_to_each_methods_shortest_video():
 
 
 def test_rss_helpers():
-    assert bench.peak_rss_bytes() > 1 << 20
+    assert machine.peak_rss_bytes() > 1 << 20
     if sys.platform.startswith("linux"):
-        assert bench.reset_peak_rss()
-        assert bench.peak_rss_bytes() >= bench._proc_status_bytes("VmRSS") > 0
-    assert bench.gpu_memory_bytes(pid=2 ** 22 + 1) is None   # no such process (or no nvidia-smi)
+        assert machine.reset_peak_rss()
+        assert machine.peak_rss_bytes() >= machine.proc_status_bytes("VmRSS") > 0
+    assert machine.gpu_memory_bytes(pid=2 ** 22 + 1) is None   # no such process (or no nvidia-smi)
 
 
 # --- the real sdk ---------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ def lane_task(data: Path, length: int, videos: int, **extra) -> dict:
 def test_lockstep_lanes_take_turns_one_step_at_a_time(tmp_path):
     make_sequence(tmp_path / "data")                    # 6 frames: 10 per forward+backward unit
     ended, seen = [], []
-    outcomes = bench.lockstep([lane_task(tmp_path / "data", 1, 3), lane_task(tmp_path / "data", 3, 1)],
+    outcomes = runs.lockstep([lane_task(tmp_path / "data", 1, 3), lane_task(tmp_path / "data", 3, 1)],
                               progress=seen.append, finished=lambda i, kind, _: ended.append((i, kind)))
     (short_kind, short), (long_kind, long) = outcomes
     assert short_kind == long_kind == "result" and sorted(ended) == [(0, "result"), (1, "result")]
@@ -398,7 +398,7 @@ def test_a_failing_lane_stops_the_others(tmp_path):
     good = lane_task(tmp_path / "data", 50, 1)          # 500 frames: would take a while
     bad = lane_task(tmp_path / "data", 1, 1, sequence="nowhere")
     start = time.monotonic()
-    (kind_good, why_good), (kind_bad, why_bad) = bench.lockstep([good, bad])
+    (kind_good, why_good), (kind_bad, why_bad) = runs.lockstep([good, bad])
     assert kind_good == kind_bad == "error" and why_good == why_bad and "nowhere" in why_bad
     assert time.monotonic() - start < 60
 
