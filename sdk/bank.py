@@ -192,8 +192,10 @@ class MemoryBank:
         self.origin[target] = frame
 
     def write_temporary(self, key: np.ndarray, value: np.ndarray, frame: int) -> None:
-        """Frame ``frame`` into the temporary slot (read by the next readouts until it is
-        cleared or replaced). Raises RuntimeError for a bank without one."""
+        """Frame ``frame``'s key [C_k, hw] (or [N, C_k, hw] with ``object_keys``) and value
+        [N, C_v, hw] float32 into the temporary slot, read by the next readouts until it is
+        cleared or replaced (QDMN's previous-frame memory). Raises RuntimeError for a bank
+        without one."""
         if not self.temporary:
             raise RuntimeError("this memory bank has no temporary slot")
         self._put(slice(0, self.hw), key, value, frame)

@@ -128,10 +128,6 @@ class Graphs:
         """Input names of graph ``name``, in order."""
         return self._inputs[name]
 
-    def output_names(self, name: str) -> list[str]:
-        """Output names of graph ``name``, in order."""
-        return self._outputs[name]
-
     def run(self, name: str, feeds: dict) -> list[np.ndarray]:
         """Run graph ``name`` on ``feeds`` (input name → array); returns its outputs in order."""
         return self.sessions[name].run(None, feeds)

@@ -151,18 +151,21 @@ def load_lite0_imagenet(model: EfficientNetLite0) -> EfficientNetLite0:
 
 # ----------------------------------------------------------------------------- ResNet
 class BasicBlock(nn.Module):
+    """ResNet basic block (torchvision names). ``bias``: the convs carry biases, as in the
+    ``mod_resnet`` of STCN/QDMN (torchvision's have none)."""
+
     expansion = 1
 
-    def __init__(self, cin, planes, stride=1):
+    def __init__(self, cin, planes, stride=1, bias: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=bias)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=bias)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False),
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=bias),
                                             nn.BatchNorm2d(planes))
 
     def forward(self, x):
@@ -172,21 +175,24 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """ResNet bottleneck, stride on the 3×3 conv (torchvision v1.5 names). ``bias``: the convs
+    carry biases, as in QDMN's ``mod_resnet``."""
+
     expansion = 4
 
-    def __init__(self, cin, planes, stride=1):
+    def __init__(self, cin, planes, stride=1, bias: bool = False):
         super().__init__()
         cout = planes * 4
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=bias)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=bias)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=bias)
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=bias),
                                             nn.BatchNorm2d(cout))
 
     def forward(self, x):

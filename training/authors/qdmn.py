@@ -32,53 +32,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stcn import IMAGENET_MEAN, IMAGENET_STD, Decoder, ResBlock
+from ..backbones import Bottleneck
+from .stcn import IMAGENET_MEAN, IMAGENET_STD, Decoder, ResBlock, ResNetStem, resnet_layer
 
 
-class BiasBottleneck(nn.Module):
-    """ResNet bottleneck of QDMN's ``mod_resnet``: every conv has a bias; stride on ``conv2``."""
-
-    expansion = 4
-
-    def __init__(self, cin: int, planes: int, stride: int = 1):
-        super().__init__()
-        cout = planes * 4
-        self.conv1 = nn.Conv2d(cin, planes, 1)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, cout, 1)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride), nn.BatchNorm2d(cout))
-                           if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-def _layer(cin: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(BiasBottleneck(cin, planes, stride), *[BiasBottleneck(planes * 4, planes)
-                                                               for _ in range(blocks - 1)])
-
-
-class _Trunk(nn.Module):
-    """ResNet-50 ``conv1`` (7×7, stride 2, bias) + ``bn1`` + ReLU + max-pool, then layers."""
+class _Trunk(ResNetStem):
+    """QDMN's ResNet-50 (``mod_resnet``: every conv with a bias) to layer3: ``conv1`` (7×7,
+    stride 2) + ``bn1`` + ReLU + max-pool, then ``first`` (``layer1`` or ``res2``), ``layer2``,
+    ``layer3`` → (f16 1024, f8 512, f4 256)."""
 
     def __init__(self, in_channels: int, first: str):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3)
-        self.bn1 = nn.BatchNorm2d(64)
-        setattr(self, first, _layer(64, 64, 3, 1))
-        self.layer2 = _layer(256, 128, 4, 2)
-        self.layer3 = _layer(512, 256, 6, 2)
+        super().__init__(in_channels, bias=True)
+        setattr(self, first, resnet_layer(Bottleneck, 64, 64, 3, 1, bias=True))
+        self.layer2 = resnet_layer(Bottleneck, 256, 128, 4, 2, bias=True)
+        self.layer3 = resnet_layer(Bottleneck, 512, 256, 6, 2, bias=True)
         self._first = first
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-        f4 = getattr(self, self._first)(x)
+        f4 = getattr(self, self._first)(self.stem(x))
         f8 = self.layer2(f4)
         return self.layer3(f8), f8, f4
 
@@ -211,6 +182,7 @@ class QDMN(nn.Module):
 
     @staticmethod
     def convert_state_dict(sd: dict) -> dict:
+        """QDMN's released files load as they are (no conversion)."""
         return sd
 
     # -- exported parts --------------------------------------------------------------------

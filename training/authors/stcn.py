@@ -29,17 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Bottleneck
+from ..backbones import BasicBlock, Bottleneck
 from ..networks import VOSNetwork
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def resnet_layer(block, cin: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    """torchvision-named ResNet stage: ``blocks`` blocks, the first with ``stride``."""
-    layers = [block(cin, planes, stride)]
-    layers += [block(planes * block.expansion, planes) for _ in range(blocks - 1)]
+def resnet_layer(block, cin: int, planes: int, blocks: int, stride: int, bias: bool = False) -> nn.Sequential:
+    """torchvision-named ResNet stage: ``blocks`` blocks, the first with ``stride``; ``bias``:
+    convs with biases (the authors' ``mod_resnet``)."""
+    layers = [block(cin, planes, stride, bias)]
+    layers += [block(planes * block.expansion, planes, 1, bias) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
@@ -148,26 +149,6 @@ class FeatureFusionBlock(nn.Module):
         return self.block2(x + self.attention(x))
 
 
-class BiasBasicBlock(nn.Module):
-    """ResNet basic block of STCN's ``mod_resnet``: 3×3 convs and the 1×1 ``downsample`` conv
-    carry biases (torchvision's do not)."""
-
-    expansion = 1
-
-    def __init__(self, cin: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, planes, 1, stride), nn.BatchNorm2d(planes))
-                           if stride != 1 or cin != planes else None)
-
-    def forward(self, x):
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
 class ValueEncoder(ResNetStem):
     """ResNet-18 of STCN's ``mod_resnet`` (5-channel conv1, convs with biases) to layer3 +
     fuser: image [N,3,H,W], masks [N,2,H,W] (own, others), key f16 [N,1024,h,w] → value
@@ -175,9 +156,9 @@ class ValueEncoder(ResNetStem):
 
     def __init__(self, key_f16_channels: int = 1024, value_channels: int = 512):
         super().__init__(5, bias=True)
-        self.layer1 = resnet_layer(BiasBasicBlock, 64, 64, 2, 1)
-        self.layer2 = resnet_layer(BiasBasicBlock, 64, 128, 2, 2)
-        self.layer3 = resnet_layer(BiasBasicBlock, 128, 256, 2, 2)
+        self.layer1 = resnet_layer(BasicBlock, 64, 64, 2, 1, bias=True)
+        self.layer2 = resnet_layer(BasicBlock, 64, 128, 2, 2, bias=True)
+        self.layer3 = resnet_layer(BasicBlock, 128, 256, 2, 2, bias=True)
         self.fuser = FeatureFusionBlock(256 + key_f16_channels, value_channels)
 
     def forward(self, image, masks, key_f16):

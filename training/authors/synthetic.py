@@ -27,8 +27,10 @@ def randomise(net: nn.Module, seed: int = 0) -> nn.Module:
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.05)
             elif isinstance(module, nn.BatchNorm2d):
-                last = name.endswith(("bn3", "bn2")) and "layer" in name or name.endswith("downsample.1")
-                scale = 0.3 if last else 1.0
+                # residual stages' 2nd/3rd norms and shortcut norms scaled down: the activations
+                # of 16 stacked bottlenecks stay O(1)
+                damped = (name.endswith(("bn3", "bn2")) and "layer" in name) or name.endswith("downsample.1")
+                scale = 0.3 if damped else 1.0
                 module.weight.copy_(scale * (0.75 + 0.5 * torch.rand(module.weight.shape, generator=gen)))
                 module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.05)
                 module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.05)
