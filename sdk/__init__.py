@@ -7,7 +7,8 @@ Imports only numpy, onnxruntime, OpenCV and Pillow — never torch or onnx.
     labels = seg.step(first_rgb, first_label_map)    # uint8 [H,W]
     labels = seg.step(next_rgb)
 """
-from .errors import InputError, ManifestError, VideoReadError, VosEdgeError
+from .errors import (BadFrameError, GraphRunError, InputError, ManifestError, OutputError, ParameterError,
+                     VideoReadError, VosEdgeError)
 from .manifest import Manifest, load_manifest
 from .policies import LFU, POLICIES, QDMN, QPM, RDE, EveryK, FirstLatest, MemoryPolicy, QualityGate, make_policy
 from .segmenter import Segmenter
@@ -17,5 +18,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Segmenter", "Manifest", "load_manifest", "MemoryPolicy", "EveryK", "FirstLatest", "QDMN", "LFU", "QPM",
     "RDE", "QualityGate", "POLICIES", "make_policy", "VosEdgeError", "ManifestError", "InputError",
-    "VideoReadError", "__version__",
+    "VideoReadError", "BadFrameError", "ParameterError", "OutputError", "GraphRunError", "__version__",
 ]
