@@ -1,18 +1,119 @@
-"""sdk.io: DAVIS palette, mask PNGs, frame folders and videos, overlay MP4."""
+"""sdk.io: DAVIS palette, mask formats, strict frame decoding, frame folders and videos, overlay MP4.
 
+Every image and video is made by code in tmp_path; the real DAVIS files are only read."""
+
+import functools
+import io
+import os
 import re
+import struct
+import tempfile
+import zlib
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from sdk.errors import InputError, VideoReadError
-from sdk.io import PALETTE, OverlayWriter, iter_frames, list_frames, overlay, read_mask, write_mask
+from sdk.errors import BadFrameError, InputError, VideoReadError, VosEdgeError
+from sdk.io import (
+    PALETTE,
+    VOID,
+    OverlayWriter,
+    frame_files,
+    iter_frames,
+    list_frames,
+    overlay,
+    read_frame,
+    read_mask,
+    write_mask,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
+# VOSEDGE_FUZZ_EXAMPLES=2000 for a longer hunt; the default keeps this file at seconds
+EXAMPLES = int(os.environ.get("VOSEDGE_FUZZ_EXAMPLES", "60"))
+fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
+
+# --- helpers: files made by code -------------------------------------------------------------
+
+def noise(h=24, w=32, seed=0) -> np.ndarray:
+    """A smooth-ish RGB test image (JPEG-friendly, every frame different with the seed)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3)).astype(np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def moving(i, h=48, w=64) -> np.ndarray:
+    """Frame i of a pattern panning right (inter-coded by video encoders, unlike unrelated frames)."""
+    return np.ascontiguousarray(np.roll(noise(h, w), 2 * i, axis=1))
+
+
+def jpeg_bytes(rgb, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def png_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def raw_png(width, height, depth, colour_type, rows: list[bytes]) -> bytes:
+    """A PNG written chunk by chunk (for bit depths Pillow does not write)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    pixels = zlib.compress(b"".join(b"\x00" + row for row in rows))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def flip(data: bytes, pos: int, bit: int = 0) -> bytes:
+    changed = bytearray(data)
+    changed[pos] ^= 1 << bit
+    return bytes(changed)
+
+
+def scan_start(jpeg: bytes) -> int:
+    """Offset of the first byte of entropy-coded data (after the SOS segment)."""
+    sos = jpeg.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+
+
+def write_video(path, frames, codec="mpeg4", gop=6, bframes=0, faststart=True, fmt=None):
+    """Encode RGB frames with PyAV (moov atom first with faststart, as streaming tools write)."""
+    container = av.open(str(path), "w", format=fmt, options={"movflags": "faststart"} if faststart else {})
+    stream = container.add_stream(codec, rate=10)
+    stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    stream.codec_context.gop_size = gop
+    if bframes:
+        stream.codec_context.max_b_frames = bframes
+    for frame in frames:
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    container.mux(stream.encode())
+    container.close()
+
+
+def packet_spans(path) -> list[tuple[int, int, int]]:
+    """(pts, byte position, size) of every video packet, in file order."""
+    with av.open(str(path)) as container:
+        return [(p.pts, p.pos, p.size) for p in container.demux(video=0) if p.size]
+
+
+def consume(path, skipped):
+    """All (name, rgb) of iter_frames(path, skipped) -> (names, frames by name)."""
+    got = list(iter_frames(path, skipped))
+    return [n for n, _ in got], dict(got)
+
+
+# --- palette and write_mask ------------------------------------------------------------------
 
 def test_palette_is_the_davis_colour_map():
     assert PALETTE.shape == (256, 3) and PALETTE.dtype == np.uint8
@@ -21,13 +122,25 @@ def test_palette_is_the_davis_colour_map():
     for label, colour in expected.items():
         assert tuple(PALETTE[label]) == colour
     assert len({tuple(c) for c in PALETTE}) == 256
+    assert VOID == 255
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
+@needs_data
 def test_palette_matches_real_davis_annotations():
     with Image.open(DATA / "davis2017-240p" / "Annotations" / "schoolgirls" / "00000.png") as image:
         palette = np.asarray(image.getpalette(), np.uint8).reshape(-1, 3)
     assert np.array_equal(palette[:8], PALETTE[:8])
+
+
+@needs_data
+@pytest.mark.parametrize("folder, objects", [("davis2016-240p", 1), ("davis2016-480p", 1), ("davis2017-240p", 7)])
+def test_real_davis_annotations_read_as_labels(folder, objects):
+    path = min((DATA / folder / "Annotations").glob("*/00000.png"))
+    with Image.open(path) as image:
+        assert image.mode == "P"
+    labels = read_mask(path)
+    assert labels.dtype == np.uint8 and labels.ndim == 2
+    assert set(np.unique(labels).tolist()) == set(range(objects + 1))
 
 
 def test_write_then_read_round_trip(tmp_path):
@@ -43,26 +156,6 @@ def test_write_then_read_round_trip(tmp_path):
     assert np.array_equal(read_mask(path), labels)
 
 
-def test_read_rgb_mask_maps_palette_colours(tmp_path):
-    labels = np.array([[0, 1, 2], [3, 255, 1]], np.uint8)
-    Image.fromarray(PALETTE[labels]).save(tmp_path / "rgb.png")
-    read = read_mask(tmp_path / "rgb.png")
-    assert read.dtype == np.uint8 and np.array_equal(read, labels)
-
-
-def test_read_rgb_mask_with_unknown_colour_names_it(tmp_path):
-    rgb = PALETTE[np.zeros((3, 3), np.uint8)]
-    rgb[1, 2] = (1, 2, 3)
-    Image.fromarray(rgb).save(tmp_path / "bad.png")
-    with pytest.raises(InputError, match=r"RGB\(1, 2, 3\) at \(x=2, y=1\)"):
-        read_mask(tmp_path / "bad.png")
-
-
-def test_read_mask_missing_file(tmp_path):
-    with pytest.raises(InputError, match="nope.png"):
-        read_mask(tmp_path / "nope.png")
-
-
 def test_write_mask_rejects_bad_label_maps(tmp_path):
     with pytest.raises(InputError):
         write_mask(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8))
@@ -70,8 +163,408 @@ def test_write_mask_rejects_bad_label_maps(tmp_path):
         write_mask(tmp_path / "a.png", np.full((2, 2), 300))
 
 
+# --- masks: accepted formats -----------------------------------------------------------------
+
+LABELS = np.array([[0, 1, 2], [255, 3, 0]], np.uint8)
+
+
+def save(tmp_path, image: Image.Image, name="m.png", **options) -> Path:
+    image.save(tmp_path / name, **options)
+    return tmp_path / name
+
+
+def test_palette_mask_index_is_the_label_255_void_transparency_ignored(tmp_path):
+    image = Image.fromarray(LABELS, "P")
+    image.putpalette(PALETTE.tobytes())
+    assert np.array_equal(read_mask(save(tmp_path, image, transparency=0)), LABELS)
+    grey_palette = Image.fromarray(np.array([[0, 255]], np.uint8), "P")
+    grey_palette.putpalette(bytes(v for i in range(256) for v in (i, i, i)))
+    assert read_mask(save(tmp_path, grey_palette)).tolist() == [[0, VOID]]   # 'P': 255 stays void
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_low_bit_depth_palette_masks(tmp_path, bits):
+    labels = np.array([[0, 1, 0, 1], [1, 1, 0, 0]], np.uint8) * ((1 << bits) - 1)
+    image = Image.fromarray(labels, "P")
+    image.putpalette(PALETTE.tobytes())
+    path = save(tmp_path, image, bits=bits)
+    assert Path(path).read_bytes()[24] == bits           # really written at that depth
+    assert np.array_equal(read_mask(path), labels)
+
+
+def test_greyscale_label_mask(tmp_path):
+    assert np.array_equal(read_mask(save(tmp_path, Image.fromarray(LABELS, "L"))), LABELS)
+    zeros = np.zeros((3, 4), np.uint8)
+    assert np.array_equal(read_mask(save(tmp_path, Image.fromarray(zeros, "L"))), zeros)
+
+
+def test_binary_0_255_greyscale_mask_is_one_object(tmp_path):
+    binary = np.array([[0, 255, 255], [0, 0, 255]], np.uint8)
+    assert read_mask(save(tmp_path, Image.fromarray(binary, "L"))).tolist() == [[0, 1, 1], [0, 0, 1]]
+    everything = np.full((2, 2), 255, np.uint8)
+    assert read_mask(save(tmp_path, Image.fromarray(everything, "L"))).tolist() == [[1, 1], [1, 1]]
+
+
+def test_mode_1_mask_is_one_object(tmp_path):
+    path = save(tmp_path, Image.fromarray(np.array([[False, True], [True, True]])))
+    with Image.open(path) as image:
+        assert image.mode == "1"
+    labels = read_mask(path)
+    assert labels.dtype == np.uint8 and labels.tolist() == [[0, 1], [1, 1]]
+
+
+def test_2_and_4_bit_greyscale_values_are_not_scaled(tmp_path):
+    (tmp_path / "2.png").write_bytes(raw_png(4, 1, 2, 0, [bytes([0b00_01_10_11])]))    # values 0 1 2 3
+    assert read_mask(tmp_path / "2.png").tolist() == [[0, 1, 2, 3]]
+    (tmp_path / "2b.png").write_bytes(raw_png(4, 1, 2, 0, [bytes([0b00_11_11_00])]))   # 0 3 3 0: binary
+    assert read_mask(tmp_path / "2b.png").tolist() == [[0, 1, 1, 0]]
+    (tmp_path / "4.png").write_bytes(raw_png(2, 1, 4, 0, [bytes([0x5A])]))              # values 5 10
+    assert read_mask(tmp_path / "4.png").tolist() == [[5, 10]]
+
+
+def test_16_bit_greyscale_labels(tmp_path):
+    labels = np.array([[0, 1, 7], [255, 254, 0]], np.uint16)
+    path = save(tmp_path, Image.fromarray(labels))
+    with Image.open(path) as image:
+        assert image.mode.startswith("I")
+    read = read_mask(path)
+    assert read.dtype == np.uint8 and np.array_equal(read, labels)
+    binary = save(tmp_path, Image.fromarray(np.array([[0, 65535]], np.uint16)), "b.png")
+    assert read_mask(binary).tolist() == [[0, 1]]
+
+
+def test_16_bit_label_above_255_is_refused_with_a_recipe(tmp_path):
+    path = save(tmp_path, Image.fromarray(np.array([[0, 1], [300, 2]], np.uint16)))
+    with pytest.raises(InputError, match=r"value 300 at \(x=0, y=1\)") as caught:
+        read_mask(path)
+    assert "16-bit" in str(caught.value) and "0, 1, 2, 300" in str(caught.value)
+    assert "np.unique" in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_read_rgb_mask_maps_palette_colours(tmp_path):
+    Image.fromarray(PALETTE[LABELS]).save(tmp_path / "rgb.png")
+    read = read_mask(tmp_path / "rgb.png")
+    assert read.dtype == np.uint8 and np.array_equal(read, LABELS)
+
+
+def test_black_and_white_rgb_mask_is_one_object(tmp_path):
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 1] = rgb[1, 2] = 255
+    assert read_mask(save(tmp_path, Image.fromarray(rgb))).tolist() == [[0, 1, 0], [0, 0, 1]]
+
+
+def test_read_rgb_mask_with_unknown_colour_names_it(tmp_path):
+    rgb = PALETTE[np.zeros((3, 3), np.uint8)]
+    rgb[1, 2] = (1, 2, 3)
+    Image.fromarray(rgb).save(tmp_path / "bad.png")
+    with pytest.raises(InputError, match=r"RGB\(1, 2, 3\) at \(x=2, y=1\)") as caught:
+        read_mask(tmp_path / "bad.png")
+    assert "colours found: (0, 0, 0), (1, 2, 3)" in str(caught.value)
+    assert "nearest-neighbour" in str(caught.value) and "write_mask" in str(caught.value)
+
+
+def test_rgba_mask_alpha_0_is_background(tmp_path):
+    rgba = np.dstack([PALETTE[LABELS], np.full(LABELS.shape, 255, np.uint8)])
+    rgba[0, 1] = (12, 34, 56, 0)          # transparent: background whatever its colour
+    expected = LABELS.copy()
+    expected[0, 1] = 0
+    assert np.array_equal(read_mask(save(tmp_path, Image.fromarray(rgba, "RGBA"))), expected)
+
+
+def test_semi_transparent_mask_pixel_is_refused(tmp_path):
+    rgba = np.dstack([PALETTE[LABELS], np.full(LABELS.shape, 255, np.uint8)])
+    rgba[1, 2, 3] = 128
+    with pytest.raises(InputError, match=r"alpha 128\) at \(x=2, y=1\)"):
+        read_mask(save(tmp_path, Image.fromarray(rgba, "RGBA")))
+
+
+def test_grey_alpha_mask(tmp_path):
+    la = np.dstack([np.array([[0, 255], [255, 255]], np.uint8), np.array([[255, 255], [0, 255]], np.uint8)])
+    assert read_mask(save(tmp_path, Image.fromarray(la, "LA"))).tolist() == [[0, 1], [0, 1]]
+
+
+# --- masks: refused files --------------------------------------------------------------------
+
+def test_read_mask_missing_file(tmp_path):
+    with pytest.raises(InputError, match="nope.png"):
+        read_mask(tmp_path / "nope.png")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "empty file"),
+    ("jpeg", "is a JPEG: JPEG is lossy"),
+    ("gif", "is not a PNG file"),
+    ("truncated", "truncated PNG"),
+    ("flipped", "CRC mismatch"),
+    ("rgb16", "16-bit RGB"),
+])
+def test_refused_mask_files_say_what_and_how(tmp_path, case, message):
+    path = tmp_path / "mask.png"
+    valid = png_bytes(Image.fromarray(LABELS, "L"))
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "jpeg":
+        path.write_bytes(jpeg_bytes(np.zeros((8, 8, 3), np.uint8)))
+    elif case == "gif":
+        Image.fromarray(LABELS, "L").save(path, "GIF")
+    elif case == "truncated":
+        path.write_bytes(valid[:-20])
+    elif case == "flipped":
+        path.write_bytes(flip(valid, 45, 3))
+    elif case == "rgb16":
+        path.write_bytes(raw_png(1, 1, 16, 2, [struct.pack(">HHH", 32896, 0, 0)]))
+    with pytest.raises(InputError, match=re.escape(message)) as caught:
+        read_mask(path)
+    assert str(path) in str(caught.value)
+    if case in ("jpeg", "gif", "rgb16"):
+        assert "save" in str(caught.value)       # says how to convert
+
+
+# --- masks: properties -----------------------------------------------------------------------
+
+label_maps = st.integers(1, 9).flatmap(lambda h: st.integers(1, 9).flatmap(lambda w: st.lists(
+    st.sampled_from([0, 1, 2, 3, 7, 16, 128, 254, 255]), min_size=h * w, max_size=h * w).map(
+    lambda v: np.array(v, np.uint8).reshape(h, w))))
+
+
+def expected_grey(labels: np.ndarray, top: int) -> np.ndarray:
+    """The documented greyscale rule: only 0 and the depth's maximum -> binary, else labels."""
+    values = set(np.unique(labels).tolist())
+    return (labels == top).astype(np.uint8) if top in values and values <= {0, top} else labels
+
+
+@fuzz
+@given(labels=label_maps, fmt=st.sampled_from(["P", "L", "I;16", "RGB", "RGBA"]), seed=st.integers(0, 2**16))
+def test_every_accepted_format_reads_back_its_labels(tmp_path, labels, fmt, seed):
+    path = tmp_path / "m.png"
+    expected = labels
+    if fmt == "P":
+        write_mask(path, labels)
+    elif fmt == "L":
+        Image.fromarray(labels, "L").save(path)
+        expected = expected_grey(labels, 255)
+    elif fmt == "I;16":
+        Image.fromarray(labels.astype(np.uint16)).save(path)
+    elif fmt == "RGB":
+        Image.fromarray(PALETTE[labels]).save(path)
+    else:
+        opaque = np.random.default_rng(seed).random(labels.shape) < 0.7
+        rgba = np.dstack([PALETTE[labels], np.where(opaque, 255, 0).astype(np.uint8)])
+        Image.fromarray(rgba, "RGBA").save(path)
+        expected = np.where(opaque, labels, 0)
+    read = read_mask(path)
+    assert read.dtype == np.uint8 and read.shape == labels.shape
+    assert np.array_equal(read, expected)
+
+
+@fuzz
+@given(binary=st.integers(1, 9).flatmap(lambda n: st.lists(st.booleans(), min_size=n * 3, max_size=n * 3)
+                                         .map(lambda v: np.array(v).reshape(n, 3))), fmt=st.sampled_from(["1", "L"]))
+def test_binary_masks_read_as_one_object(tmp_path, binary, fmt):
+    image = Image.fromarray(binary) if fmt == "1" else Image.fromarray(binary.astype(np.uint8) * 255, "L")
+    image.save(tmp_path / "b.png")
+    assert np.array_equal(read_mask(tmp_path / "b.png"), binary.astype(np.uint8))
+
+
+VALID_MASK = png_bytes(Image.fromarray(np.array([[0, 1, 2], [3, 255, 0]], np.uint8), "L"))
+
+
+@fuzz
+@given(cut=st.integers(0, len(VALID_MASK) - 1))
+def test_every_truncated_mask_is_refused(tmp_path, cut):
+    (tmp_path / "m.png").write_bytes(VALID_MASK[:cut])
+    with pytest.raises(InputError):
+        read_mask(tmp_path / "m.png")
+
+
+@fuzz
+@given(pos=st.integers(0, len(VALID_MASK) - 1), bit=st.integers(0, 7))
+def test_every_single_bit_flip_of_a_mask_is_refused(tmp_path, pos, bit):
+    (tmp_path / "m.png").write_bytes(flip(VALID_MASK, pos, bit))     # PNG chunks carry a CRC-32
+    with pytest.raises(InputError):
+        read_mask(tmp_path / "m.png")
+
+
+@fuzz
+@given(data=st.one_of(st.binary(max_size=300), st.binary(max_size=300).map(lambda b: b"\x89PNG\r\n\x1a\n" + b),
+                      st.binary(max_size=200).map(lambda b: VALID_MASK[:33] + b)))
+def test_arbitrary_bytes_as_a_mask_give_labels_or_input_error(tmp_path, data):
+    (tmp_path / "m.png").write_bytes(data)
+    try:
+        labels = read_mask(tmp_path / "m.png")
+    except InputError:
+        return
+    assert labels.dtype == np.uint8 and labels.ndim == 2
+
+
+# --- frames: strict decoding -----------------------------------------------------------------
+
+@needs_data
+def test_read_frame_decodes_a_real_davis_jpeg_as_opencv_does():
+    path = DATA / "davis2016-480p" / "JPEGImages" / "blackswan" / "00000.jpg"
+    rgb = read_frame(path)
+    reference = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    assert rgb.dtype == np.uint8 and rgb.shape == (480, 854, 3)
+    assert np.abs(rgb.astype(int) - reference).max() <= 2
+
+
+@needs_data
+@pytest.mark.parametrize("damage", ["truncated", "extraneous", "bit flip"])
+def test_damage_opencv_decodes_silently_is_a_bad_frame(tmp_path, damage):
+    data = (DATA / "davis2016-480p" / "JPEGImages" / "blackswan" / "00000.jpg").read_bytes()
+    if damage == "truncated":
+        data = data[:len(data) // 2]
+    elif damage == "extraneous":            # garbage before EOI: libjpeg only warns
+        data = data[:-2] + b"\x00" * 40 + data[-2:]
+    else:   # the first bit flip of the entropy-coded data, from its start, that libjpeg notices
+        start = scan_start(data)
+        for pos in range(start + 1000, len(data), 97):
+            flipped = flip(data, pos, 4)
+            try:
+                read_frame_bytes(tmp_path, flipped)
+            except BadFrameError:
+                data = flipped
+                break
+        else:
+            pytest.fail("no detectable flip found")
+    path = tmp_path / "00007.jpg"
+    path.write_bytes(data)
+    assert cv2.imread(str(path)) is not None          # what vosedge used before: garbage, no error
+    with pytest.raises(BadFrameError) as caught:
+        read_frame(path, index=7)
+    error = caught.value
+    assert (error.path, error.index, error.name) == (path, 7, "00007")
+    assert str(path) in str(error) and "frame 7" in str(error)
+    assert ("truncated JPEG" if damage == "truncated" else "corrupt JPEG") in str(error)
+
+
+def read_frame_bytes(tmp_path, data, name="x.jpg"):
+    (tmp_path / name).write_bytes(data)
+    return read_frame(tmp_path / name)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_opencv_does(tmp_path, orientation):
+    image = Image.fromarray(noise(16, 24))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    data = jpeg_bytes(np.asarray(image), exif=exif.tobytes())
+    reference = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    rgb = read_frame_bytes(tmp_path, data)
+    assert rgb.shape == reference.shape == ((16, 24, 3) if orientation <= 4 else (24, 16, 3))
+    assert np.abs(rgb.astype(int) - reference).max() <= 2
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grey_and_cmyk_jpegs_decode_to_rgb(tmp_path, mode):
+    buffer = io.BytesIO()
+    Image.fromarray(noise()).convert(mode).save(buffer, "JPEG", quality=95)
+    rgb = read_frame_bytes(tmp_path, buffer.getvalue())
+    reference = cv2.cvtColor(cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), 1), cv2.COLOR_BGR2RGB)
+    assert rgb.shape == (24, 32, 3) and np.abs(rgb.astype(int) - reference).max() <= 2
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16"])
+def test_png_frames_of_every_colour_type(tmp_path, mode):
+    rgb = noise()
+    if mode == "RGB":
+        image, expected = Image.fromarray(rgb), rgb
+    elif mode == "RGBA":
+        image, expected = Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)])), rgb
+    elif mode == "L":
+        image, expected = Image.fromarray(rgb[..., 0]), np.repeat(rgb[..., :1], 3, -1)
+    elif mode == "P":
+        image = Image.fromarray(LABELS, "P")
+        image.putpalette(PALETTE.tobytes())
+        expected = PALETTE[LABELS]
+    else:
+        image, expected = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), np.repeat(rgb[..., :1], 3, -1)
+    decoded = read_frame_bytes(tmp_path, png_bytes(image), "f.png")
+    assert decoded.dtype == np.uint8 and np.array_equal(decoded, expected)
+
+
+def test_format_is_told_by_content_not_suffix(tmp_path):
+    rgb = noise()
+    assert np.array_equal(read_frame_bytes(tmp_path, png_bytes(Image.fromarray(rgb)), "really_a_png.jpg"), rgb)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty file (0 bytes)"),
+    (b"<html>not an image</html>", "neither a JPEG nor a PNG image (first bytes: 3c 68 74 6d"),
+    (b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X", "neither a JPEG nor a PNG"),   # AppleDouble bytes
+])
+def test_non_images_are_bad_frames(tmp_path, data, message):
+    with pytest.raises(BadFrameError, match=re.escape(message)):
+        read_frame_bytes(tmp_path, data, "00000.jpg")
+
+
+@pytest.mark.parametrize("damage, message", [("truncated", "truncated PNG"), ("flipped", "CRC mismatch in chunk 'IDAT'"),
+                                             ("zlib", "compressed image data cannot be decoded")])
+def test_damaged_png_frames_are_bad_frames(tmp_path, damage, message):
+    data = png_bytes(Image.fromarray(noise()))
+    idat = data.index(b"IDAT")
+    if damage == "truncated":
+        data = data[:idat + 30]
+    elif damage == "flipped":
+        data = flip(data, idat + 20, 2)
+    else:   # corrupt compressed data under a recomputed (valid) CRC: zlib/libpng must notice
+        length = int.from_bytes(data[idat - 4:idat], "big")
+        body = bytearray(data[idat + 4:idat + 4 + length])
+        body[len(body) // 2] ^= 0xFF
+        crc = struct.pack(">I", zlib.crc32(b"IDAT" + bytes(body)))
+        data = data[:idat + 4] + bytes(body) + crc + data[idat + 8 + length:]
+    with pytest.raises(BadFrameError, match=re.escape(message)):
+        read_frame_bytes(tmp_path, data, "f.png")
+
+
+def test_unreadable_frame_file_is_a_bad_frame(tmp_path):
+    (tmp_path / "00001.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(BadFrameError, match="cannot read it") as caught:
+        read_frame(tmp_path / "00001.jpg", index=1)
+    assert caught.value.name == "00001" and caught.value.index == 1
+
+
+VALID_JPEG = jpeg_bytes(noise())
+VALID_PNG = png_bytes(Image.fromarray(noise()))
+
+
+@fuzz
+@given(cut=st.integers(0, len(VALID_JPEG) - 1))
+def test_every_truncated_jpeg_is_a_bad_frame(tmp_path, cut):
+    with pytest.raises(BadFrameError):
+        read_frame_bytes(tmp_path, VALID_JPEG[:cut])
+
+
+@fuzz
+@given(cut=st.integers(0, len(VALID_PNG) - 1), pos=st.integers(0, len(VALID_PNG) - 1), bit=st.integers(0, 7),
+       truncate=st.booleans())
+def test_every_truncated_or_bit_flipped_png_frame_is_a_bad_frame(tmp_path, cut, pos, bit, truncate):
+    with pytest.raises(BadFrameError):
+        read_frame_bytes(tmp_path, VALID_PNG[:cut] if truncate else flip(VALID_PNG, pos, bit), "f.png")
+
+
+@fuzz
+@given(data=st.one_of(
+    st.binary(max_size=400),
+    st.tuples(st.integers(0, len(VALID_JPEG) - 1), st.integers(0, 7)).map(lambda pb: flip(VALID_JPEG, *pb)),
+    st.tuples(st.integers(2, len(VALID_JPEG) - 1), st.binary(min_size=1, max_size=16)).map(
+        lambda pb: VALID_JPEG[:pb[0]] + pb[1] + VALID_JPEG[pb[0] + len(pb[1]):]),
+    st.binary(max_size=300).map(lambda b: b"\xff\xd8\xff" + b),
+))
+def test_arbitrary_bytes_as_a_frame_give_rgb_or_bad_frame(tmp_path, data):
+    """Bit flips libjpeg cannot notice decode to some image: the documented limit; never another error."""
+    try:
+        rgb = read_frame_bytes(tmp_path, data)
+    except BadFrameError as error:
+        assert error.path == tmp_path / "x.jpg"
+        return
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+
+
+# --- frame folders ---------------------------------------------------------------------------
+
 def _write_frames(folder: Path, names, colours):
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for name, colour in zip(names, colours):
         Image.fromarray(np.full((4, 6, 3), colour, np.uint8)).save(folder / name)
 
@@ -87,6 +580,98 @@ def test_iter_frames_folder_in_natural_order_as_rgb(tmp_path):
     assert tuple(frames[2][1][0, 0]) == (0, 0, 255)
 
 
+def test_suffixes_match_in_any_case(tmp_path):
+    _write_frames(tmp_path / "f", ["a.JPG", "b.Jpeg", "c.PNG", "d.png"], [(9, 9, 9)] * 4)
+    files, ignored = frame_files(tmp_path / "f")
+    assert [p.name for p in files] == ["a.JPG", "b.Jpeg", "c.PNG", "d.png"] and ignored == []
+    assert [name for name, _ in iter_frames(tmp_path / "f")] == ["a", "b", "c", "d"]
+
+
+def test_hidden_and_appledouble_files_are_ignored_and_reported(tmp_path):
+    folder = tmp_path / "f"
+    _write_frames(folder, ["00000.jpg", "00001.jpg", "00002.jpg"], [(1, 1, 1)] * 3)
+    (folder / "._00001.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (folder / ".thumb.png").write_bytes(b"")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "sub.jpg").mkdir()                   # a folder is never a frame
+    files, ignored = frame_files(folder)
+    assert [p.name for p in files] == ["00000.jpg", "00001.jpg", "00002.jpg"]
+    assert [p.name for p in ignored] == ["._00001.jpg", ".thumb.png"]
+    assert list_frames(folder) == ["00000", "00001", "00002"]
+    assert [name for name, _ in iter_frames(folder)] == ["00000", "00001", "00002"]
+
+
+def test_only_hidden_files_is_an_empty_folder_saying_so(tmp_path):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "._00000.jpg").write_bytes(b"\x00\x05\x16\x07")
+    with pytest.raises(VideoReadError, match=r"no \.jpg/\.jpeg/\.png frames .*\(1 hidden file\(s\) such as \._00000\.jpg"):
+        list_frames(tmp_path / "f")
+
+
+@pytest.mark.parametrize("pair", [("00000.jpg", "00000.png"), ("00000.jpg", "00000.JPG"), ("a.jpeg", "A.png")])
+def test_two_files_of_one_frame_are_refused_before_any_decoding(tmp_path, pair):
+    folder = tmp_path / "f"
+    _write_frames(folder, ["00001.jpg", *pair], [(1, 1, 1)] * 3)
+    if not (folder / pair[1]).exists() or len(list(folder.iterdir())) < 3:
+        pytest.skip("case-insensitive file system")
+    for call in (list_frames, frame_files, iter_frames):     # iter_frames refuses when called, not iterated
+        with pytest.raises(VideoReadError) as caught:
+            call(folder)
+        message = str(caught.value)
+        assert pair[0] in message and pair[1] in message and "keep one file per frame" in message
+
+
+def test_folder_listing_is_decided_when_iter_frames_is_called(tmp_path):
+    _write_frames(tmp_path / "f", ["00000.png", "00001.png"], [(1, 1, 1)] * 2)
+    frames = iter_frames(tmp_path / "f")
+    _write_frames(tmp_path / "f", ["00002.png"], [(2, 2, 2)])
+    assert [name for name, _ in frames] == ["00000", "00001"]
+
+
+def bad_folder(tmp_path) -> Path:
+    """00000 good, 00001 truncated JPEG, 00002 zero bytes, 00003 good, 00004 bit-flipped PNG, 00005 good."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    jpeg = jpeg_bytes(noise(seed=1))
+    (folder / "00000.jpg").write_bytes(jpeg)
+    (folder / "00001.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    (folder / "00002.jpg").write_bytes(b"")
+    (folder / "00003.jpg").write_bytes(jpeg)
+    png = png_bytes(Image.fromarray(noise(seed=2)))
+    (folder / "00004.png").write_bytes(flip(png, len(png) // 2))
+    (folder / "00005.png").write_bytes(png)
+    return folder
+
+
+def test_folder_default_raises_at_the_first_bad_frame_after_streaming_the_good_ones(tmp_path):
+    folder = bad_folder(tmp_path)
+    frames = iter_frames(folder)
+    assert next(frames)[0] == "00000"
+    with pytest.raises(BadFrameError, match=r"frame 1 \(.*00001\.jpg\): truncated JPEG") as caught:
+        next(frames)
+    assert (caught.value.index, caught.value.name, caught.value.path) == (1, "00001", folder / "00001.jpg")
+
+
+def test_folder_skip_mode_lists_bad_frames_and_keeps_their_indices(tmp_path):
+    skipped = []
+    names, _ = consume(bad_folder(tmp_path), skipped)
+    assert names == ["00000", "00003", "00005"]
+    assert [(e.index, e.name) for e in skipped] == [(1, "00001"), (2, "00002"), (4, "00004")]
+    assert all(isinstance(e, BadFrameError) for e in skipped)
+    assert "empty file" in str(skipped[1]) and "CRC mismatch" in str(skipped[2])
+
+
+def test_frames_of_mixed_sizes_are_yielded_as_they_are(tmp_path):
+    """Size is checked by the consumer (vos-segment refuses it, naming the frame)."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    Image.fromarray(noise(24, 32)).save(folder / "00000.png")
+    Image.fromarray(noise(16, 32)).save(folder / "00001.png")
+    assert [rgb.shape for _, rgb in iter_frames(folder)] == [(24, 32, 3), (16, 32, 3)]
+
+
+# --- videos ----------------------------------------------------------------------------------
+
 def test_iter_frames_video(tmp_path):
     path = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (32, 16))
@@ -97,6 +682,160 @@ def test_iter_frames_video(tmp_path):
     frames = list(iter_frames(path))
     assert [name for name, _ in frames] == ["00000", "00001", "00002"]
     assert frames[0][1].shape == (16, 32, 3)
+    assert np.abs(frames[2][1].astype(int) - 120).max() <= 6     # mp4v is lossy
+
+
+def test_video_with_b_frames_reads_every_frame_in_display_order_as_opencv(tmp_path):
+    path = tmp_path / "b.mp4"
+    frames = [noise(48, 64, seed=i) for i in range(16)]
+    write_video(path, frames, bframes=2)
+    assert any(pts != sorted(p for p, _, _ in packet_spans(path))[i] for i, (pts, _, _) in
+               enumerate(packet_spans(path)))           # really reordered
+    skipped = []
+    names, got = consume(path, skipped)
+    assert names == [f"{i:05d}" for i in range(16)] and skipped == []
+    capture = cv2.VideoCapture(str(path))
+    for name in names:
+        ok, bgr = capture.read()
+        assert ok and np.abs(got[name].astype(int) - cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).max() <= 3
+    capture.release()
+
+
+@pytest.mark.parametrize("make, message", [
+    ("text", "is not a video file FFmpeg can read"),
+    ("empty", "is an empty file (0 bytes)"),
+    ("image", "is a single image, not a video"),
+    ("moov_truncated", "is not a video file FFmpeg can read"),
+])
+def test_non_videos_are_refused_when_called_naming_the_file(tmp_path, make, message):
+    path = tmp_path / "clip.mp4"
+    if make == "text":
+        path.write_text("this is a text file named .mp4\n" * 20)
+    elif make == "empty":
+        path.write_bytes(b"")
+    elif make == "image":
+        path = tmp_path / "clip.png"
+        Image.fromarray(noise()).save(path)
+    else:   # OpenCV writes the index (moov) last: a truncated file has none
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (32, 24))
+        for i in range(10):
+            writer.write(noise(seed=i))
+        writer.release()
+        path.write_bytes(path.read_bytes()[:path.stat().st_size * 2 // 3])
+    for call in (iter_frames, list_frames):
+        with pytest.raises(VideoReadError, match=re.escape(message)) as caught:
+            call(path)
+        assert str(path) in str(caught.value) and not isinstance(caught.value, BadFrameError)
+
+
+def corrupt_packet(path, k, out):
+    """Copy `path` to `out` with garbage in the middle of the k-th frame's packet (display order)."""
+    spans = sorted(packet_spans(path))
+    _, pos, size = spans[k]
+    data = bytearray(path.read_bytes())
+    middle = pos + size // 2
+    data[middle:middle + 24] = bytes(range(37, 37 + 24 * 7, 7))
+    out.write_bytes(bytes(data))
+
+
+def test_corrupt_video_frame_is_caught_where_opencv_decodes_garbage(tmp_path):
+    path, bad = tmp_path / "clip.mp4", tmp_path / "bad.mp4"
+    write_video(path, [moving(i) for i in range(18)], gop=6)
+    _, reference = consume(path, [])
+    corrupt_packet(path, 8, bad)
+    with pytest.raises(BadFrameError, match=r"frame 8 \(00008\) of video .*bad\.mp4: corrupt video data") as caught:
+        for name, _ in iter_frames(bad):
+            assert int(name) < 8                     # frames before it are streamed first
+    assert (caught.value.index, caught.value.name, caught.value.path) == (8, "00008", bad)
+    skipped = []
+    names, got = consume(bad, skipped)
+    assert [e.index for e in skipped] == [8, 9, 10, 11]          # the frame and those predicted from it
+    assert "predicted from it up to the next keyframe" in str(skipped[-1])
+    assert names == [f"{i:05d}" for i in range(18) if not 8 <= i <= 11]
+    assert all(np.array_equal(got[n], reference[n]) for n in names)   # nothing wrong is yielded
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_damaged_video_accounts_for_every_frame_once(tmp_path, seed):
+    path, bad = tmp_path / "clip.mp4", tmp_path / "bad.mp4"
+    write_video(path, [noise(48, 64, seed=i) for i in range(16)], bframes=2)
+    spans = packet_spans(path)
+    rng = np.random.default_rng(seed)
+    data = bytearray(path.read_bytes())
+    for _ in range(3):
+        _, pos, size = spans[rng.integers(len(spans))]
+        data[pos + rng.integers(size)] ^= 1 << int(rng.integers(8))
+    bad.write_bytes(bytes(data))
+    skipped = []
+    names, _ = consume(bad, skipped)
+    assert sorted(names + [e.name for e in skipped]) == [f"{i:05d}" for i in range(16)]
+    assert [e.index for e in skipped] == sorted({e.index for e in skipped})
+
+
+def test_truncated_video_raises_after_its_readable_frames_even_when_skipping(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_video(path, [noise(48, 64, seed=i) for i in range(20)])
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    skipped, names = [], []
+    with pytest.raises(BadFrameError, match=r"container declares 20: frames \d+\.\.19 are missing") as caught:
+        for name, _ in iter_frames(path, skipped):
+            names.append(name)
+    assert 3 < len(names) < 20 and caught.value.index == len(names) + len(skipped)
+
+
+def test_video_frame_of_another_size_is_a_bad_frame(tmp_path):
+    big, small = tmp_path / "a.m4v", tmp_path / "b.m4v"
+    write_video(big, [noise(48, 64, seed=i) for i in range(3)], faststart=False, fmt="m4v")
+    write_video(small, [noise(32, 48, seed=i) for i in range(2)], faststart=False, fmt="m4v")
+    joined = tmp_path / "joined.m4v"        # a raw MPEG-4 stream may change size mid-way
+    joined.write_bytes(big.read_bytes() + small.read_bytes())
+    skipped = []
+    names, _ = consume(joined, skipped)
+    assert names == ["00000", "00001", "00002"] and [e.index for e in skipped] == [3, 4]
+    assert "it is 48x32, the first frame 64x48" in str(skipped[0])
+    with pytest.raises(BadFrameError, match="frame 3"):
+        list(iter_frames(joined))
+
+
+VIDEO_FRAMES = [noise(32, 48, seed=i) for i in range(8)]
+
+
+@functools.cache
+def valid_video() -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        write_video(Path(folder) / "v.mp4", VIDEO_FRAMES, gop=4, bframes=1)
+        return (Path(folder) / "v.mp4").read_bytes()
+
+
+@settings(max_examples=max(10, EXAMPLES // 2), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_arbitrary_video_bytes_give_frames_or_a_video_read_error(tmp_path, data):
+    video = valid_video()
+    kind = data.draw(st.sampled_from(["random", "truncated", "flipped", "garbage"]))
+    if kind == "random":
+        blob = data.draw(st.binary(max_size=2000))
+    elif kind == "truncated":
+        blob = video[:data.draw(st.integers(0, len(video)))]
+    elif kind == "flipped":
+        positions = data.draw(st.lists(st.integers(0, len(video) - 1), min_size=1, max_size=4))
+        blob = bytearray(video)
+        for pos in positions:
+            blob[pos] ^= 1 << data.draw(st.integers(0, 7))
+    else:
+        at = data.draw(st.integers(0, len(video) - 1))
+        blob = video[:at] + data.draw(st.binary(min_size=1, max_size=64)) + video[at + 64:]
+    path = tmp_path / "v.mp4"
+    path.write_bytes(bytes(blob))
+    skipped = []
+    try:
+        names, got = consume(path, skipped)
+    except VideoReadError as error:          # BadFrameError included; never an av/numpy error
+        assert str(path) in str(error)
+        return
+    assert all(rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 for rgb in got.values())
+    assert all(isinstance(e, BadFrameError) for e in skipped)
+    indices = sorted([int(n) for n in names] + [e.index for e in skipped])
+    assert indices == list(range(len(indices)))
 
 
 @pytest.mark.parametrize("make", ["missing", "empty_dir", "garbage_video", "corrupt_frame"])
@@ -113,6 +852,13 @@ def test_unreadable_sources_raise_video_read_error_naming_the_path(tmp_path, mak
     with pytest.raises(VideoReadError, match=re.escape(str(path))):
         list(iter_frames(path))
 
+
+def test_every_reader_error_is_a_vosedge_error():
+    assert issubclass(BadFrameError, VideoReadError) and issubclass(VideoReadError, VosEdgeError)
+    assert issubclass(InputError, VosEdgeError)
+
+
+# --- overlay ---------------------------------------------------------------------------------
 
 def test_overlay_blends_objects_only():
     frame = np.full((2, 2, 3), 100, np.uint8)
