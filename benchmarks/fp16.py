@@ -19,9 +19,11 @@ import shutil
 import warnings
 from pathlib import Path
 
+from sdk.extras import extra_imports, require_extra
 from sdk.manifest import MANIFEST_FILE, load_manifest, sha256_file
 
 KEEP_FP32 = ("readout",)
+FP16_COMMAND = "vos-bench --precision fp16"
 
 
 def _detach_outputs(model) -> None:
@@ -47,13 +49,12 @@ def _detach_outputs(model) -> None:
 
 
 def convert_graph(src: Path, dst: Path) -> None:
-    """One float32 ONNX graph → a float16 graph with float32 inputs and outputs."""
-    try:
+    """One float32 ONNX graph → a float16 graph with float32 inputs and outputs. Raises
+    :class:`sdk.extras.MissingExtraError` (an ImportError) without the [bench] extra."""
+    require_extra(FP16_COMMAND, "bench")
+    with extra_imports(FP16_COMMAND, "bench"):
         import onnx
         from onnxconverter_common import float16
-    except ImportError as exc:
-        raise ImportError("--precision fp16 needs onnx and onnxconverter-common: "
-                          "pip install onnx onnxconverter-common (or vosedge[bench])") from exc
     model = onnx.load(str(src))
     _detach_outputs(model)
     # Cast nodes stay as they are (float32 out; the converter casts around them): it does not
@@ -84,9 +85,11 @@ def convert_model(src: str | Path, dst: str | Path, keep_fp32: tuple[str, ...] =
     graph that ONNX Runtime's CPU provider cannot load is copied in float32 instead, with its
     error in ``float32_fallback``. Returns `dst`.
 
-    Raises sdk.ManifestError if `src` is not a valid export, ImportError without
-    onnxconverter-common.
+    Raises sdk.ManifestError if `src` is not a valid export, :class:`sdk.extras.MissingExtraError`
+    (a VosEdgeError and ImportError: one line naming the [bench] extra) without onnx or
+    onnxconverter-common, before anything is written.
     """
+    require_extra(FP16_COMMAND, "bench")
     manifest = load_manifest(src)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)

@@ -7,19 +7,15 @@ from pathlib import Path
 import click
 
 from sdk.cli import parse_resolution
-
-from .onnx_export import check_method, export_model
+from sdk.extras import MissingExtraError, extra_imports, require_extra
+from sdk.policies import POLICIES
 
 ARCH_CHOICES = ("stcn", "rde", "qdmn")
 
 
 def _method(ctx, param, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        check_method(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    if value is not None and value not in POLICIES:   # as onnx_export.check_method, without torch
+        raise click.BadParameter(f"unknown method {value!r}; known: {', '.join(POLICIES)}")
     return value
 
 
@@ -78,16 +74,23 @@ def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data,
     ONNX graphs are run against the PyTorch network on one memory write + readout: logits must
     agree within 1e-3 and masks with IoU >= 0.999, each head graph within 1e-3 of its torch
     module (the numbers are kept in the manifest). Then run it with `vos-segment --model OUT`
-    or `sdk.Segmenter(model=OUT)`.
+    or `sdk.Segmenter(model=OUT)`. Needs the [train] extra (PyTorch, ONNX); without it, exits
+    with one line naming it.
     """
     try:
-        net = _load(checkpoint, arch, qam_activation)
-        if method is None:
-            method = getattr(net, "default_method", "every_k")
-        if resolution == "arch":
-            resolution = net.inference["resolution"] if hasattr(net, "inference") else 480
-        manifest = export_model(net, out, method=method, resolution=resolution, parity_frames=parity_data,
-                                opset=opset)
+        require_extra("vos-export", "train")
+        with extra_imports("vos-export", "train"):   # e.g. onnxscript, efficientnet weights: the same line
+            from .onnx_export import export_model
+
+            net = _load(checkpoint, arch, qam_activation)
+            if method is None:
+                method = getattr(net, "default_method", "every_k")
+            if resolution == "arch":
+                resolution = net.inference["resolution"] if hasattr(net, "inference") else 480
+            manifest = export_model(net, out, method=method, resolution=resolution, parity_frames=parity_data,
+                                    opset=opset)
+    except MissingExtraError as exc:
+        raise click.ClickException(str(exc)) from None
     except (OSError, RuntimeError, ValueError) as exc:   # missing files, occupied OUT, ParityError, bad checkpoint
         raise click.ClickException(str(exc)) from exc
     parity = manifest["parity"]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import ManifestError
 
@@ -22,6 +24,12 @@ GRAPH_NAMES = ("key_encoder", "value_encoder", "readout", "decoder")
 # heads that only some memory policies need (QDMN/QPM: prior_enhance, qam; RDE: sam_key, sam_value)
 OPTIONAL_GRAPHS = ("prior_enhance", "qam", "sam_key", "sam_value")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+SKIP_LEVELS = ("f16", "f8", "f4")
+# the largest stride accepted: Graphs probes it with a 2·stride square image, and a frame's
+# internal size is at least one stride (vosedge's and the authors' networks: 16)
+MAX_STRIDE = 64
+REQUIRED_FIELDS = ("config", "method", "opset", "stride", "key_channels", "value_channels", "skip_channels",
+                   "max_objects", "normalisation", "resolution", "top_k", "policy_defaults", "graphs")
 
 # manifest["inference"] (version 2): field → (allowed values, the value a version-1 manifest means)
 INFERENCE_FIELDS = {
@@ -84,12 +92,20 @@ class Manifest:
 
 
 def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
-    """Read ``folder/manifest.json`` and check it against the files next to it.
+    """Read ``folder/manifest.json`` and check it against the files next to it and itself.
 
-    Raises :class:`~sdk.errors.ManifestError` if the folder or manifest is missing or not
-    JSON, ``format`` is not ``"vosedge-export"``, ``manifest_version`` is not 1 or 2, a required
-    field or graph entry is missing, a listed graph file is missing, or (``verify_sha256``) a graph's
-    sha256 differs from the manifest (tampered or truncated file).
+    Raises :class:`~sdk.errors.ManifestError` (naming the field, its value and what was
+    expected) if the folder or manifest is missing or not JSON, ``format`` is not
+    ``"vosedge-export"``, ``manifest_version`` is not 1 or 2, a required field or graph entry is
+    missing, a listed graph file is missing, (``verify_sha256``) a graph's sha256 differs from the
+    manifest (tampered or truncated file), or a field has the wrong type or range: ``stride`` an
+    int in 1..:data:`MAX_STRIDE`; ``key_channels``, ``value_channels``, ``skip_channels``
+    ``f16``/``f8``/``f4``, ``opset``, ``top_k`` positive ints; ``max_objects`` an int in 1..255;
+    ``normalisation`` ``mean``/``std`` three finite numbers each, ``std`` > 0 (0 divides by
+    zero: NaN images and empty masks); ``resolution`` None or a positive int;
+    ``policy_defaults`` an object of objects; ``config``/``method`` strings. The fields the
+    graphs also define (channels, stride) are checked against them when
+    :class:`sdk.runtime.Graphs` opens the graphs.
     """
     root = Path(folder).expanduser().resolve()
     path = root / MANIFEST_FILE
@@ -107,33 +123,92 @@ def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
     if version not in SUPPORTED_VERSIONS:
         raise ManifestError(f"{path}: manifest_version {version!r} is not supported by this sdk (supports "
                             f"{', '.join(map(str, SUPPORTED_VERSIONS))}); re-export with a matching vosedge")
-    try:
-        graphs = {}
-        for name in GRAPH_NAMES + tuple(g for g in OPTIONAL_GRAPHS if g in raw["graphs"]):
-            entry = raw["graphs"][name]
-            file = root / entry["file"]
-            if not file.is_file():
-                raise ManifestError(f"{path}: graph {name!r} file {file} is missing")
-            if verify_sha256 and sha256_file(file) != entry["sha256"]:
-                raise ManifestError(f"{path}: graph {name!r} file {file} does not match its sha256 "
-                                    "in the manifest (tampered or truncated); re-export the model")
-            graphs[name] = file
-        norm = raw["normalisation"]
-        manifest = Manifest(
-            root=root, config=str(raw["config"]), method=str(raw["method"]), opset=int(raw["opset"]),
-            stride=int(raw["stride"]), key_channels=int(raw["key_channels"]),
-            value_channels=int(raw["value_channels"]), skip_channels=dict(raw["skip_channels"]),
-            max_objects=int(raw["max_objects"]),
-            mean=tuple(float(x) for x in norm["mean"]), std=tuple(float(x) for x in norm["std"]),
-            resolution=None if raw["resolution"] is None else int(raw["resolution"]),
-            top_k=int(raw["top_k"]), policy_defaults=dict(raw["policy_defaults"]), graphs=graphs,
-            parity=dict(raw.get("parity") or {}), raw=raw,
-            inference=_inference(path, raw.get("inference") if version >= 2 else {}))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ManifestError(f"{path}: missing or malformed field ({exc!r})") from exc
-    if not 1 <= manifest.max_objects <= 255:
-        raise ManifestError(f"{path}: max_objects {manifest.max_objects} outside 1..255 (uint8 label maps)")
-    return manifest
+    missing = [name for name in REQUIRED_FIELDS if name not in raw]
+    if missing:
+        raise ManifestError(f"{path}: missing field(s) {', '.join(map(repr, missing))}; re-export the model")
+    fields = _Fields(path, raw)
+    graphs = {}
+    entries = fields.get("graphs", dict, "an object {graph name: {file, sha256}}")
+    for name in GRAPH_NAMES + tuple(g for g in OPTIONAL_GRAPHS if g in entries):
+        entry = entries.get(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) \
+                or not isinstance(entry.get("sha256"), str):
+            raise ManifestError(f"{path}: graphs.{name} is {entry!r}, expected an object with 'file' and "
+                                "'sha256' strings; re-export the model")
+        file = root / entry["file"]
+        if not file.is_file():
+            raise ManifestError(f"{path}: graph {name!r} file {file} is missing")
+        if verify_sha256 and sha256_file(file) != entry["sha256"]:
+            raise ManifestError(f"{path}: graph {name!r} file {file} does not match its sha256 "
+                                "in the manifest (tampered or truncated); re-export the model")
+        graphs[name] = file
+    norm = fields.get("normalisation", dict, "an object {mean: [3 numbers], std: [3 numbers]}")
+    mean = fields.triple(norm, "mean", positive=False)
+    std = fields.triple(norm, "std", positive=True)
+    resolution = raw["resolution"]
+    if resolution is not None:
+        resolution = fields.positive_int("resolution", "None (native size) or a positive int short side in px")
+    skips = fields.get("skip_channels", dict, "an object {f16, f8, f4: channels}")
+    for level in SKIP_LEVELS:
+        fields.positive_int(f"skip_channels.{level}", value=skips.get(level))
+    defaults = fields.get("policy_defaults", dict, "an object {policy: {parameter: value}}")
+    bad = {k: v for k, v in defaults.items() if not isinstance(v, dict)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise ManifestError(f"{path}: policy_defaults.{name} is {value!r}, expected an object "
+                            "{parameter: value}; re-export the model")
+    parity = raw.get("parity") or {}
+    if not isinstance(parity, dict):
+        raise ManifestError(f"{path}: parity is {parity!r}, expected an object; re-export the model")
+    max_objects = fields.positive_int("max_objects", "an int in 1..255 (uint8 label maps)")
+    if max_objects > 255:
+        raise ManifestError(f"{path}: max_objects {max_objects} outside 1..255 (uint8 label maps)")
+    stride = fields.positive_int("stride", f"an int in 1..{MAX_STRIDE} (H and W of the graphs' inputs are "
+                                 "multiples of it; vosedge's and the authors' exports use 16)")
+    if stride > MAX_STRIDE:
+        raise ManifestError(f"{path}: stride is {stride}, expected an int in 1..{MAX_STRIDE}; re-export the model")
+    return Manifest(
+        root=root, config=fields.get("config", str, "a string"), method=fields.get("method", str, "a string"),
+        opset=fields.positive_int("opset"), stride=stride, key_channels=fields.positive_int("key_channels"),
+        value_channels=fields.positive_int("value_channels"), skip_channels=dict(skips),
+        max_objects=max_objects, mean=mean, std=std, resolution=resolution,
+        top_k=fields.positive_int("top_k", "an int ≥ 1"), policy_defaults={k: dict(v) for k, v in defaults.items()},
+        graphs=graphs, parity=dict(parity), raw=raw,
+        inference=_inference(path, raw.get("inference") if version >= 2 else {}))
+
+
+class _Fields:
+    """Type and range checks of manifest fields; each raises ManifestError naming the field,
+    its value and what it should be."""
+
+    def __init__(self, path: Path, raw: dict):
+        self.path, self.raw = path, raw
+
+    def fail(self, field: str, value, expected: str) -> NoReturn:
+        raise ManifestError(f"{self.path}: {field} is {value!r}, expected {expected}; re-export the model")
+
+    def get(self, field: str, kind: type, expected: str):
+        value = self.raw.get(field)
+        if not isinstance(value, kind):
+            self.fail(field, value, expected)
+        return value
+
+    def positive_int(self, field: str, expected: str = "a positive int", value=None) -> int:
+        if value is None and "." not in field:
+            value = self.raw.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail(field, value, expected)
+        return value
+
+    def triple(self, norm: dict, name: str, positive: bool) -> tuple[float, float, float]:
+        """normalisation[name]: three finite numbers (> 0 if ``positive``) → a float tuple."""
+        value = norm.get(name)
+        expected = f"3 finite numbers{' > 0' if positive else ''} (R, G, B of image = (rgb/255 − mean) / std)"
+        if not isinstance(value, list) or len(value) != 3 \
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in value) \
+                or not all(math.isfinite(x) and (x > 0 or not positive) for x in value):
+            self.fail(f"normalisation.{name}", value, expected)
+        return tuple(float(x) for x in value)
 
 
 def _inference(path: Path, given) -> dict:

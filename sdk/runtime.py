@@ -1,20 +1,50 @@
-"""ONNX Runtime sessions of the exported graphs, with execution-provider selection."""
+"""ONNX Runtime sessions of the exported graphs, with execution-provider selection, the
+checks of a manifest against its graphs' shapes, and ONNX Runtime's run-time failures turned
+into :class:`~sdk.errors.GraphRunError`."""
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+from time import perf_counter
 
 import numpy as np
 import onnxruntime as ort
 
-from .errors import InputError, ManifestError
-from .manifest import GRAPH_NAMES, Manifest
+from .errors import GraphRunError, InputError, ManifestError
+from .manifest import GRAPH_NAMES, MANIFEST_FILE, MAX_STRIDE, Manifest
 
 log = logging.getLogger("vosedge")
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 _SHORT_NAMES = {"cuda": CUDA, "cpu": CPU, "tensorrt": "TensorrtExecutionProvider"}
 _ORT_DEFAULT_SEVERITY = 2  # onnxruntime's own default (warning)
+
+# manifest field → the graph tensors (graph, "inputs"/"outputs", tensor name) whose axis 1 (the
+# channels; static in every export, while H, W, N, M are symbolic) must equal it. Tensors a graph
+# does not have (e.g. the per-object exports' key encoder has no "key") are skipped.
+CHANNEL_TENSORS = {
+    "key_channels": (("key_encoder", "outputs", "key"), ("value_encoder", "outputs", "key"),
+                     ("readout", "inputs", "query_key"), ("readout", "inputs", "memory_keys"),
+                     ("prior_enhance", "outputs", "key"), ("sam_key", "inputs", "previous"),
+                     ("sam_key", "inputs", "new"), ("sam_key", "outputs", "rde")),
+    "value_channels": (("value_encoder", "outputs", "value"), ("readout", "inputs", "memory_values"),
+                       ("readout", "outputs", "readout"), ("decoder", "inputs", "readout"),
+                       ("qam", "inputs", "value"), ("sam_value", "inputs", "previous"),
+                       ("sam_value", "inputs", "new"), ("sam_value", "outputs", "rde")),
+    "skip_channels.f16": (("key_encoder", "outputs", "f16"), ("value_encoder", "inputs", "f16"),
+                          ("decoder", "inputs", "f16"), ("prior_enhance", "inputs", "f16"),
+                          ("prior_enhance", "outputs", "enhanced_f16")),
+    "skip_channels.f8": (("key_encoder", "outputs", "f8"), ("decoder", "inputs", "f8")),
+    "skip_channels.f4": (("key_encoder", "outputs", "f4"), ("decoder", "inputs", "f4")),
+    "normalisation": (("key_encoder", "inputs", "image"), ("value_encoder", "inputs", "image")),   # 3: RGB
+}
+# what ONNX Runtime (CPU arena, CUDA, cuDNN, cuBLAS) says when it cannot allocate memory
+_ALLOCATION_FAILURE = re.compile(r"Failed to allocate|bad_alloc|BFCArena|out of memory|cudaErrorMemoryAllocation|"
+                                 r"ALLOC_FAILED", re.IGNORECASE)
+# feeds whose last two axes are the frame's internal (padded) size, and those at 1/stride of it
+_FULL_SIZE_INPUTS = ("image", "masks", "prior")
+_STRIDE_INPUTS = ("f16", "query_key", "readout", "value", "previous", "new", "qam_feature")
 
 
 def resolve_providers(providers=None) -> list:
@@ -68,6 +98,13 @@ def _check_signature(name: str, session, entry: dict) -> None:
                                 f"declares {list(declared)}: graph and manifest come from different exports")
 
 
+def _quiet_run() -> ort.RunOptions:
+    """Run options whose failures onnxruntime does not also print to stderr (they are raised)."""
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Options of every session: ``threads`` intra-op threads (None = onnxruntime's default,
     one per physical core) and **no spinning**. Each session owns a thread pool whose workers
@@ -91,9 +128,19 @@ class Graphs:
 
     ``providers`` as :func:`resolve_providers`, ``threads`` as :func:`session_options`.
     Requested providers that cannot start (e.g. CUDA listed by onnxruntime-gpu on a machine
-    without a GPU or CUDA libraries) are dropped with ONE ``logging`` warning on logger
-    ``"vosedge"``; :attr:`providers` lists those used.
-    Raises :class:`~sdk.errors.ManifestError` if onnxruntime cannot load a graph.
+    without a GPU or CUDA libraries) are dropped with ONE record on logger ``"vosedge"``: INFO
+    for the default (``providers=None``: CUDA if it starts, nothing was asked for), WARNING when
+    the caller asked for that provider; :attr:`providers` lists those used.
+
+    The manifest is checked against the graphs (:func:`check_graph_shapes`): its channel fields
+    against the static channel axes the graphs declare, and its ``stride`` by running the key
+    encoder once on a zero image of s × s·(s+1) px, whose f16 must be 1 × (s+1)
+    (:func:`probe_stride`: a few ms; :attr:`probe_ms` says how many).
+
+    Raises :class:`~sdk.errors.ManifestError` if onnxruntime cannot load a graph, a graph's
+    input/output names differ from the manifest's, or a manifest field disagrees with the
+    graphs (``key_channels``, ``value_channels``, ``skip_channels``, 3 normalisation channels,
+    ``stride``).
     """
 
     def __init__(self, manifest: Manifest, providers=None, names: tuple[str, ...] = GRAPH_NAMES,
@@ -114,27 +161,150 @@ class Graphs:
                 if missing:
                     why = ("not in this onnxruntime build" if missing[0] not in ort.get_available_providers()
                            else "its libraries or a GPU could not be loaded")
-                    log.warning("%s execution provider unavailable (%s); running on %s",
-                                "/".join(p.removesuffix("ExecutionProvider") for p in missing), why,
-                                ", ".join(used))
+                    # the default asked for nothing: CPU is a normal outcome, not a warning
+                    log.log(logging.INFO if providers is None else logging.WARNING,
+                            "%s execution provider unavailable (%s); running on %s",
+                            "/".join(p.removesuffix("ExecutionProvider") for p in missing), why, ", ".join(used))
                     requested = [p for p in requested if _name(p) in used]
             _check_signature(name, session, manifest.raw["graphs"][name])
             self.sessions[name] = session
         self.providers = self.sessions[names[0]].get_providers()
         self._inputs = {n: [i.name for i in s.get_inputs()] for n, s in self.sessions.items()}
         self._outputs = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
+        self._stride = manifest.stride
+        self._run_options = _quiet_run()
+        check_graph_shapes(manifest, self.sessions)
+        t0 = perf_counter()
+        if "key_encoder" in self.sessions:
+            probe_stride(manifest, self.sessions["key_encoder"])
+        self.probe_ms = (perf_counter() - t0) * 1e3
 
     def input_names(self, name: str) -> list[str]:
         """Input names of graph ``name``, in order."""
         return self._inputs[name]
 
     def run(self, name: str, feeds: dict) -> list[np.ndarray]:
-        """Run graph ``name`` on ``feeds`` (input name → array); returns its outputs in order."""
-        return self.sessions[name].run(None, feeds)
+        """Run graph ``name`` on ``feeds`` (input name → array); returns its outputs in order.
+
+        Raises :class:`~sdk.errors.GraphRunError` (the onnxruntime exception as ``__cause__``)
+        when onnxruntime fails, naming the graph and the input shapes; when it could not
+        allocate memory, the message also gives the internal frame size and suggests a lower
+        internal resolution (``Segmenter(resolution=480)``, ``--resolution 480``)."""
+        try:
+            return self.sessions[name].run(None, feeds, self._run_options)
+        except Exception as exc:  # onnxruntime's Fail/RuntimeException/… derive from Exception only
+            raise GraphRunError(_run_failure(name, feeds, exc, self._stride)) from exc
 
     def run_named(self, name: str, feeds: dict) -> dict[str, np.ndarray]:
         """Run graph ``name`` on the entries of ``feeds`` it takes (others are ignored: e.g. a
-        value encoder that does not read the key encoder's f16); returns {output name: array}."""
+        value encoder that does not read the key encoder's f16); returns {output name: array}.
+        Raises :class:`~sdk.errors.GraphRunError` as :meth:`run`."""
         inputs = self._inputs[name]
         outputs = self.run(name, {k: feeds[k] for k in inputs})
         return dict(zip(self._outputs[name], outputs))
+
+
+def _run_failure(name: str, feeds: dict, exc: Exception, stride: int) -> str:
+    """One-line message of onnxruntime's failure ``exc`` while running graph ``name`` on ``feeds``."""
+    shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
+    text = str(exc)
+    if not (isinstance(exc, MemoryError) or _ALLOCATION_FAILURE.search(text)):
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return (f"onnxruntime {ort.__version__} failed running graph {name!r} on {shapes}: "
+                f"{lines[0] if lines else type(exc).__name__}")
+    buffer = re.search(r"size (\d+)", text)
+    buffer = f" (a buffer of {int(buffer.group(1)) / 2**20:.0f} MiB)" if buffer else ""
+    size = None
+    for key, value in feeds.items():
+        shape = np.shape(value)
+        if len(shape) == 4 and key in _FULL_SIZE_INPUTS:
+            size = shape[2:]
+            break
+        if len(shape) == 4 and key in _STRIDE_INPUTS and size is None:
+            size = (shape[2] * stride, shape[3] * stride)
+    at = f"; frames are processed at {size[0]}x{size[1]} px internally" if size else ""
+    memory = ", or a memory policy that keeps fewer frames" if name == "readout" else ""
+    return (f"onnxruntime {ort.__version__} could not allocate memory running graph {name!r} on {shapes}{buffer}"
+            f"{at}: lower the internal resolution, e.g. Segmenter(resolution=480) or vos-segment --resolution 480"
+            f"{memory}")
+
+
+def _shape(session, kind: str, tensor: str) -> list | None:
+    """Declared shape of the graph's input (``kind = "inputs"``) or output ``tensor``: ints for
+    static axes, str (symbolic) or None for dynamic ones; None when the graph has no such tensor."""
+    values = session.get_inputs() if kind == "inputs" else session.get_outputs()
+    return next((list(v.shape or []) for v in values if v.name == tensor), None)
+
+
+def _static(d) -> bool:
+    return isinstance(d, int) and not isinstance(d, bool)
+
+
+def check_graph_shapes(manifest: Manifest, sessions: dict) -> None:
+    """Raise :class:`~sdk.errors.ManifestError` when a manifest field disagrees with the static
+    channel axis the graphs declare (:data:`CHANNEL_TENSORS`: ``key_channels``,
+    ``value_channels``, ``skip_channels``, 3 normalisation channels); dynamic axes and tensors a
+    graph lacks are not checked."""
+    wanted = {"key_channels": manifest.key_channels, "value_channels": manifest.value_channels,
+              "normalisation": len(manifest.mean),
+              **{f"skip_channels.{k}": v for k, v in manifest.skip_channels.items()}}
+    for field, tensors in CHANNEL_TENSORS.items():
+        for graph, kind, tensor in tensors:
+            shape = _shape(sessions[graph], kind, tensor) if graph in sessions else None
+            if field not in wanted or not shape or len(shape) < 2 or not _static(shape[1]):
+                continue
+            if shape[1] != wanted[field]:
+                what = "normalisation has 3 channels (mean, std: R, G, B)" if field == "normalisation" \
+                    else f"{field} is {wanted[field]}"
+                raise ManifestError(f"{manifest.root / MANIFEST_FILE}: {what} but graph {graph!r} {kind[:-1]} "
+                                    f"{tensor!r} has {shape[1]} channels {shape}: manifest and graphs disagree; "
+                                    "re-export the model")
+
+
+def probe_stride(manifest: Manifest, session) -> None:
+    """Check the manifest's ``stride`` s against the key encoder, whose f16 is 1/s of the image:
+    a zero image [1,3,s,s·(s+1)] must give f16 of 1 × (s+1). The width tells s from every other
+    stride t whether the graph rounds sizes up or down (t > s gives at most s columns, t < s at
+    least s+2), which a square image of a few strides does not (t = 16 turns 2·15 px into 2, as
+    s = 15 would); it costs ~2–7 ms for vosedge's lite network, ~20–50 ms for the authors'
+    ResNet-50 ones on 2 CPU cores (s = 16: 16 × 272 px). A graph that declares its spatial axes
+    static is compared without running it. On a mismatch the graph's own stride is measured on
+    a 2·:data:`~sdk.manifest.MAX_STRIDE` square. Raises :class:`~sdk.errors.ManifestError`
+    naming the stride the graph has, or the graph's error when it cannot run on the probe."""
+    s = manifest.stride
+    where = manifest.root / MANIFEST_FILE
+    image, f16 = _shape(session, "inputs", "image"), _shape(session, "outputs", "f16")
+    if image is None or f16 is None or len(image) != 4 or len(f16) != 4:
+        return   # not a graph of the contract's shape: _check_signature names what differs
+    channels = image[1] if _static(image[1]) else len(manifest.mean)
+    static = all(_static(d) for d in (*image[2:], *f16[2:]))
+    if static:
+        size, got = tuple(image[2:]), tuple(f16[2:])
+    else:
+        size = (s, s * (s + 1))
+        try:
+            got = _f16_size(session, channels, size)
+        except Exception as exc:  # onnxruntime's errors derive from Exception only
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ManifestError(f"{where}: stride is {s} but graph 'key_encoder' cannot run on a {size[0]}x{size[1]} "
+                                f"image (s × s·(s+1)): {first}; manifest and graphs disagree? re-export the model"
+                                ) from exc
+    expected = (size[0] // s, size[1] // s)
+    if got == expected:
+        return
+    has = "another stride"
+    with contextlib.suppress(Exception):   # only to name it in the message
+        side, measured = size[1], got[1]
+        if not static:
+            side = 2 * MAX_STRIDE
+            measured = _f16_size(session, channels, (side, side))[1]
+        has = f"stride {side // measured}" if side % measured == 0 else f"a stride of about {side / measured:.3g}"
+    raise ManifestError(f"{where}: stride is {s} but graph 'key_encoder' turns a {size[0]}x{size[1]} image into "
+                        f"f16 of {got[0]}x{got[1]} (expected {expected[0]}x{expected[1]}; the graph has {has}): "
+                        "manifest and graphs disagree; re-export the model")
+
+
+def _f16_size(session, channels: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Spatial size of the key encoder's f16 for a zero image [1,channels,*size]."""
+    (out,) = session.run(["f16"], {"image": np.zeros((1, channels, *size), np.float32)}, _quiet_run())
+    return tuple(out.shape[2:])

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from sdk.extras import MissingExtraError, extra_imports, require_extra
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", default="lite", show_default=True,
@@ -42,8 +44,14 @@ def main(config, data, split, out, iterations, threads, method, init, publish, d
       vos-train --config tiny --data ../shared/data/davis2016-240p --out /tmp/tiny
       vos-train --config lite --device cuda --out runs/lite        # GPU, bfloat16 autocast
     Interrupt at any time; the same command resumes from <out>/last.safetensors.
+    Needs the [train] extra (PyTorch); without it, exits with one line naming it.
     """
-    from .train import ConfigError, load_config, network_config, train
+    try:
+        require_extra("vos-train", "train", ("torch", "safetensors", "yaml"), what="PyTorch")
+        with extra_imports("vos-train", "train", what="PyTorch"):
+            from .train import ConfigError, load_config, network_config, train
+    except MissingExtraError as exc:
+        raise click.ClickException(str(exc)) from None
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -68,7 +76,8 @@ def main(config, data, split, out, iterations, threads, method, init, publish, d
     if not pairs:
         raise click.UsageError("no training data: give --data ROOT")
     try:
-        last = train(cfg, pairs, Path(out), threads=threads)
-    except (FileNotFoundError, ConfigError) as e:
+        with extra_imports("vos-train", "train", what="PyTorch"):   # e.g. matplotlib for the loss curves
+            last = train(cfg, pairs, Path(out), threads=threads)
+    except (FileNotFoundError, ConfigError, MissingExtraError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"checkpoint: {last}")
