@@ -26,13 +26,21 @@ from tqdm import tqdm
 import sdk
 from benchmarks.machine import bench_machine
 from benchmarks.playback import check_sequence, run_counts, schedule, unit_frames
-from benchmarks.report import markdown_table, measured, plot
-from benchmarks.runs import WARMUP_FRAMES, lockstep, run_inprocess, run_isolated, summarize_runs
+from benchmarks.report import markdown_table, measured, plot, plot_soak, soak_table
+from benchmarks.runs import (
+    WARMUP_FRAMES,
+    lockstep,
+    run_inprocess,
+    run_isolated,
+    summarize_runs,
+)
 from sdk import cli
+from sdk.errors import ParameterError
 from sdk.manifest import DEFAULT_MODEL_DIR, MANIFEST_FILE, resolve_model, sha256_file
+from sdk.params import resolution as check_resolution
 
 FORMAT, VERSION = "vosedge-bench", 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_INTERRUPTED = cli.EXIT_INTERRUPTED  # 130 = 128 + SIGINT, as a shell reports Ctrl-C
 
 EXAMPLES = """\b
 Examples:
@@ -177,9 +185,10 @@ def _methods(ctx, param, value: str | None) -> list[str]:
               help="Run a method's lengths at once, one process each, taking turns frame by frame, so "
                    "machine drift weighs on every length alike. Default: on with --isolate. "
                    "--no-lockstep: one run after another.")
+@cli.param_option()
 def main(data, sequence, methods, lengths, stream_frames, resolution, providers, precision, model, json_path,
          plots_dir, table_path, reference, checkpoint, warmup, repeats, balance, max_frames, isolate,
-         lockstep_runs):
+         lockstep_runs, params):
     """Benchmark memory policies on synthetic long videos: fps, latency p50/p90/p99, stage
     times, memory-bank bytes, peak RSS, GPU memory and J&F against video length."""
     if stream_frames is not None and lengths is not None:
@@ -188,11 +197,17 @@ def main(data, sequence, methods, lengths, stream_frames, resolution, providers,
         raise click.UsageError("--lockstep runs every length in its own process; it cannot go with --no-isolate")
     lockstep_runs = isolate if lockstep_runs is None else lockstep_runs
     resolution, size = resolution
+    _check_params(params, methods)
     with cli.user_errors():
         count, native_size = check_sequence(data, sequence, max_frames)
         if count < 2:
             raise click.UsageError(f"sequence {sequence!r} needs at least 2 frames, has {count}")
         manifest = resolve_model(model)            # a broken model fails here, before any run
+        if resolution != "manifest":               # the Segmenter's check, before any run
+            try:
+                check_resolution(resolution, manifest.stride)
+            except ParameterError as error:
+                raise click.BadParameter(str(error), param_hint="'--resolution'") from error
         unit = unit_frames(count)
         if stream_frames is not None:
             points = [(stream_frames, ("frames", stream_frames), round(stream_frames / unit, 3))]
@@ -209,7 +224,7 @@ def main(data, sequence, methods, lengths, stream_frames, resolution, providers,
             manifest_sha256 = sha256_file(resolve_model(run_model).root / MANIFEST_FILE)
             base = {"data": str(data), "sequence": sequence, "max_frames": max_frames, "size": size,
                     "model": run_model and str(run_model), "resolution": resolution, "providers": providers,
-                    "warmup": warmup, "manifest_sha256": manifest_sha256}
+                    "warmup": warmup, "manifest_sha256": manifest_sha256, "params": params}
             report = {
                 "format": FORMAT, "version": VERSION,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -219,7 +234,7 @@ def main(data, sequence, methods, lengths, stream_frames, resolution, providers,
                 "input_size": list(size or native_size),
                 "model": str(model) if model else "bundled", "model_config": manifest.config,
                 "model_manifest_sha256": sha256_file(manifest.root / MANIFEST_FILE),
-                "precision": precision,
+                "precision": precision, "params": params,
                 "resolution": manifest.resolution if resolution == "manifest" else resolution or "native",
                 "mode": "stream" if stream_frames is not None else "lengths",
                 "warmup_frames": warmup, "repeats": repeats, "balance": balance,
@@ -229,6 +244,25 @@ def main(data, sequence, methods, lengths, stream_frames, resolution, providers,
             }
             _bench(report, base, methods, points, reference, checkpoints, repeats, balance, isolate, lockstep_runs,
                    json_path, plots_dir, table_path)
+
+
+def _check_params(params: dict, methods: list[str]) -> None:
+    """Every --param NAME=... goes to every method of --methods, METHOD.NAME=... to that one:
+    each must take it, with a value in its range (:func:`sdk.cli.check_param`); else a usage
+    error (exit 2) before any run."""
+    try:
+        for name, value in params.items():
+            cli.check_param(name, value, None if name in cli.SEGMENTER_PARAMS else methods)
+    except ParameterError as error:
+        raise click.BadParameter(f"{error} (every --param NAME=... goes to every method of --methods; "
+                                 "--param METHOD.NAME=... to one)",
+                                 param_hint="'--param'") from error
+
+
+def _params_line(report: dict) -> str:
+    """'Policy parameters: `sigma=0.7`, `beta=10`' + a blank line, or '' when there are none."""
+    params = report.get("params") or {}
+    return f"Policy parameters (--param): {', '.join(f'`{k}={v!r}`' for k, v in params.items())}\n\n" if params else ""
 
 
 def _reference_plan(reference: bool | None, checkpoint: Path | None, manifest) -> tuple[bool, list[Path], str]:
@@ -366,20 +400,25 @@ def _bench(report, base, methods, points, reference, checkpoints, repeats, balan
     report["machine"].update({"load_average_end": bench_machine([])["load_average"]})
     save(complete=True)
     _outputs(report, plots_dir, table_path)
-    click.echo(markdown_table(report["results"]), nl=False)
+    click.echo(_params_line(report) + (soak_table if report["mode"] == "stream" else markdown_table)(report["results"]),
+               nl=False)
     click.echo(f"results: {json_path}" + (f"; plots: {plots_dir}/" if plots_dir else "")
                + (f"; table: {table_path}" if table_path else ""))
 
 
 def _outputs(report: dict, plots_dir: Path | None, table_path: Path | None) -> None:
     """The markdown table and the plots of whatever is in `report`."""
+    stream = report["mode"] == "stream"
     if table_path:
         table_path.parent.mkdir(parents=True, exist_ok=True)
-        table_path.write_text(markdown_table(report["results"]))
+        table_path.write_text(_params_line(report) + (soak_table if stream else markdown_table)(report["results"]))
     if plots_dir and measured(report["results"]):
         resolution = report["resolution"]
-        plot(report["results"], plots_dir,
-             title=f"{report['sequence']} ({report['unit_frames']} frames per unit), internal "
-                   f"{resolution}{' px' if isinstance(resolution, int) else ''}, {report['precision']}, "
-                   f"{report['machine']['cpu']} ×{report['machine']['cores']}, "
-                   f"{', '.join(p.removesuffix('ExecutionProvider') for p in report['machine']['providers'])}")
+        title = (f"{report['sequence']} ({report['unit_frames']} frames per unit), internal "
+                 f"{resolution}{' px' if isinstance(resolution, int) else ''}, {report['precision']}, "
+                 f"{report['machine']['cpu']} ×{report['machine']['cores']}, "
+                 f"{', '.join(p.removesuffix('ExecutionProvider') for p in report['machine']['providers'])}")
+        if stream:
+            plot_soak(report["results"], plots_dir, title)
+        else:
+            plot(report["results"], plots_dir, title=title)

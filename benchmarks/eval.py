@@ -19,6 +19,8 @@ Examples:
   vos-eval --data ../shared/data/davis2016-480p --split val --out runs/val --json runs/val.json
   vos-eval --data ../shared/data/davis2016-240p --split val --sequences blackswan,cows \\
            --method first_latest --providers cpu --out runs/q --json runs/q.json
+  vos-eval --data ../shared/data/davis2016-240p --split val --method qdmn \\
+           --param sigma=0.7 --param beta=10 --out runs/qdmn --json runs/qdmn.json
 
 \b
 Each sequence is segmented from its first-frame ground-truth mask (an object that first
@@ -69,7 +71,7 @@ def _percent(summary: dict) -> dict:
 @click.option("--json", "json_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="Where the scores go (JSON).")
 @cli.segmenter_options()
-def main(data, split, sequences, out, json_path, model, method, resolution, providers):
+def main(data, split, sequences, out, json_path, model, method, resolution, providers, params):
     """Evaluate semi-supervised VOS (J&F, fps) of the sdk on a DAVIS-layout data set."""
     with cli.user_errors():
         names = read_split(data, split)
@@ -78,17 +80,36 @@ def main(data, split, sequences, out, json_path, model, method, resolution, prov
             if unknown:
                 raise click.UsageError(f"not in split {split!r}: {', '.join(unknown)}")
             names = sequences
-        segmenter = cli.make_segmenter(model, method, resolution, providers)
+        segmenter = cli.make_segmenter(model, method, resolution, providers, params)
         all_objects, per_sequence, total_frames, total_seconds = [], {}, 0, 0.0
-        for sequence in names:
-            objects, latencies = evaluate(segmenter, data, sequence, out)
-            all_objects += objects.values()
-            per_sequence[sequence] = {**_percent(summarize(objects.values())), "frames": len(latencies),
-                                      "fps": round(len(latencies) / sum(latencies), 2),
-                                      "bank_bytes": segmenter.bank_bytes}   # at the sequence's end
-            total_frames += len(latencies)
-            total_seconds += sum(latencies)
-    report = {
+        try:
+            for sequence in names:
+                objects, latencies = evaluate(segmenter, data, sequence, out)
+                all_objects += objects.values()
+                per_sequence[sequence] = {**_percent(summarize(objects.values())), "frames": len(latencies),
+                                          "fps": round(len(latencies) / sum(latencies), 2),
+                                          "bank_bytes": segmenter.bank_bytes}   # at the sequence's end
+                total_frames += len(latencies)
+                total_seconds += sum(latencies)
+        except KeyboardInterrupt:
+            if per_sequence:
+                _write(json_path, {**_report(all_objects, per_sequence, total_frames, total_seconds, data, split,
+                                             segmenter, params, model), "interrupted": True})
+            click.echo(f"\ninterrupted after {len(per_sequence)} of {len(names)} sequence(s): their masks in {out}/"
+                       + (f" and scores in {json_path} are kept" if per_sequence else " are kept"), err=True)
+            raise SystemExit(cli.EXIT_INTERRUPTED) from None
+    report = _report(all_objects, per_sequence, total_frames, total_seconds, data, split, segmenter, params, model)
+    click.echo(f"{'sequence':<20} {'J':>6} {'F':>6} {'J&F':>6} {'frames':>7} {'fps':>7}")
+    for sequence, scores in per_sequence.items():
+        click.echo(_row(sequence, scores))
+    click.echo(_row("mean (over objects)", report))
+    _write(json_path, report)
+    click.echo(f"scores: {json_path}; masks: {out}/")
+
+
+def _report(all_objects, per_sequence, total_frames, total_seconds, data, split, segmenter, params, model) -> dict:
+    """The JSON report of the sequences evaluated (``interrupted`` false)."""
+    return {
         **_percent(summarize(all_objects)),
         "fps": round(total_frames / total_seconds, 2),
         "frames": total_frames,
@@ -97,14 +118,14 @@ def main(data, split, sequences, out, json_path, model, method, resolution, prov
         "data": str(data),
         "split": split,
         "method": segmenter.method,
+        "params": params,
         "model": str(model) if model else "bundled",
         "resolution": segmenter.resolution or "native",
         "machine": machine_info(segmenter.providers),
+        "interrupted": False,
     }
-    click.echo(f"{'sequence':<20} {'J':>6} {'F':>6} {'J&F':>6} {'frames':>7} {'fps':>7}")
-    for sequence, scores in per_sequence.items():
-        click.echo(_row(sequence, scores))
-    click.echo(_row("mean (over objects)", report))
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    click.echo(f"scores: {json_path}; masks: {out}/")
+
+
+def _write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

@@ -124,3 +124,61 @@ def plot(results: Sequence[dict], out: str | Path, title: str = "") -> list[Path
         ax.plot(*series(m, lambda r: r["jf"]), marker="o", label=m)
     paths.append(finish(fig, ax, "J&F (DAVIS 2017 protocol, ×100)", PLOTS[2]))
     return paths
+
+
+SOAK_PLOT = "soak.png"
+
+
+def soak_table(results: Sequence[dict]) -> str:
+    """Markdown table of a stream (``--frames N``) benchmark: per method the frames, fps, p50
+    latency over the first and last 10 % of the frames, the bank's bytes over every frame
+    (min = max for constant memory), RSS growth after warm-up (``rss_growth_bytes``) and J&F."""
+    header = ("| method | frames | fps | p50 first 10 % | p50 last 10 % | bank (every frame) | RSS at end | "
+              "RSS growth after warm-up | J&F |")
+    rows = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "skipped" in r:
+            rows.append(f"| `{r['method']}` | – | skipped: {' '.join(str(r['skipped']).split())} | | | | | | |")
+            continue
+        lo, hi = r["bank_bytes_range"]
+        bank = f"{lo:,} B" if lo == hi else f"{lo:,} – {hi:,} B"
+        growth = r["rss_growth_bytes"]
+        rss_end = r["samples"]["rss_bytes"][-1] if r["samples"]["rss_bytes"] else None
+        rows.append(f"| `{r['method']}` | {r['frames']} | {r['fps']:.1f} | "
+                    f"{r['windows']['first']['latency_p50_ms']:.2f} ms | {r['windows']['last']['latency_p50_ms']:.2f} ms | "
+                    f"{bank} | {_mib(rss_end)} | {'–' if growth is None else f'{growth / 1024:+,.0f} KiB'} | "
+                    f"{_num(r['jf'], '.1f')} |")
+    return "\n".join(rows) + "\n"
+
+
+def plot_soak(results: Sequence[dict], out: str | Path, title: str = "") -> Path:
+    """Write soak.png into folder `out`: resident set, memory bank (MiB) and the p50 latency
+    of each sampling block against the frame index, one line per method (the ``samples`` of
+    each result). → its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, (rss, bank, latency) = plt.subplots(1, 3, figsize=(14, 4))
+    for r in measured(results):
+        s = r["samples"]
+        rss.plot(s["frame"], [None if v is None else v / MIB for v in s["rss_bytes"]], label=r["method"])
+        bank.plot(s["frame"], [v / MIB for v in s["bank_bytes"]], label=r["method"])
+        latency.plot(s["frame"], s["latency_p50_ms"], label=r["method"])
+    for ax, label in ((rss, "resident set (MiB)"), (bank, "memory bank (MiB)"),
+                      (latency, "p50 latency per sample block (ms)")):
+        ax.set_xlabel("frame")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    latency.set_ylim(bottom=0)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = out / SOAK_PLOT
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

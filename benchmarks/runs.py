@@ -14,15 +14,20 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import click
 import numpy as np
 
-from benchmarks.machine import gpu_memory_bytes, peak_rss_bytes, proc_status_bytes, reset_peak_rss
+from benchmarks.machine import (
+    gpu_memory_bytes,
+    peak_rss_bytes,
+    proc_status_bytes,
+    reset_peak_rss,
+)
+from benchmarks.metrics import VOID, boundary_measure, region_similarity, summarize
 from benchmarks.playback import load_sequence, make_order, played_prompts
-from benchmarks.metrics import evaluate_sequence, summarize
 from sdk import cli
 from sdk.errors import ManifestError, VosEdgeError
 from sdk.manifest import MANIFEST_FILE, resolve_model, sha256_file
-
 
 WARMUP_FRAMES = 5
 WINDOW = 0.1            # first/last fraction of the measured frames compared in "windows"
@@ -43,18 +48,63 @@ def _throttled(progress: Callable[[int], None] | None) -> Callable[[int, bool], 
     return report
 
 
+SAMPLE_EVERY = 1000     # frames between two samples of RSS, bank bytes and latency (soak curves)
+
+
+class _Scores:
+    """Per-object J and F of a played video, written into arrays allocated up front (a
+    100 000-frame stream holds no growing lists). Objects and the frames they are scored on
+    follow :func:`benchmarks.metrics.evaluate_sequence`: after the frame where an object first
+    appears in the played order, up to, not including, the last frame."""
+
+    def __init__(self, gt: Sequence[np.ndarray], order: Sequence[int]):
+        self.gt, self.order, self.last = gt, np.asarray(order), len(order) - 1
+        holders: dict[int, list[int]] = {}
+        for i, g in enumerate(gt):
+            for obj in np.unique(g).tolist():
+                if obj not in (0, VOID):
+                    holders.setdefault(obj, []).append(i)
+        self.first = {obj: int(np.argmax(np.isin(self.order, frames))) for obj, frames in sorted(holders.items())
+                      if np.isin(self.order, frames).any()}
+        self.first = {obj: t0 for obj, t0 in self.first.items() if t0 + 1 < self.last}
+        self.values = {obj: np.full((2, len(order)), np.nan) for obj in self.first}
+
+    def add(self, t: int, pred: np.ndarray) -> None:
+        """Score the prediction (label map [H,W]) of played frame t."""
+        gt = self.gt[self.order[t]]
+        void = gt == VOID
+        for obj, values in self.values.items():
+            if self.first[obj] < t < self.last:
+                values[0, t] = region_similarity(pred == obj, gt == obj, void)
+                values[1, t] = boundary_measure(pred == obj, gt == obj, void)
+
+    def summary(self) -> tuple[float | None, float | None, float | None]:
+        """(J&F, J, F) ×100, or Nones when no frame was scored."""
+        objects = [{"J": v[0, self.first[o] + 1:self.last], "F": v[1, self.first[o] + 1:self.last]}
+                   for o, v in self.values.items()]
+        try:
+            scores = summarize(objects)
+        except ValueError:   # too short a video for any scored frame
+            return None, None, None
+        return tuple(round(100 * scores[k], 2) for k in ("J&F", "J-Mean", "F-Mean"))
+
+
 def measure(segmenter, frames: Sequence[np.ndarray], gt: Sequence[np.ndarray], sequence_prompts: Sequence,
             order: Sequence[int], warmup: int = WARMUP_FRAMES, progress: Callable[[int], None] | None = None,
-            turn: Callable[[], None] | None = None) -> dict:
+            turn: Callable[[], None] | None = None, sample_every: int = SAMPLE_EVERY) -> dict:
     """Play frames[order] through `segmenter` and measure it.
 
     The first `warmup` frames of the video are stepped and the segmenter reset; then every
     frame of the video is timed (time.perf_counter around ``step``) with the peak-RSS mark
-    reset at its start, and scored against gt[order]. → raw per-frame record: {"latency_s":
-    [...], "started_s": [...] (perf_counter at each timed step's start), "stages_ms": {stage:
-    [...]}, "bank_bytes": [...] (after each frame), "jf", "j", "f" (×100, None when no frame
-    is scored), "peak_rss_bytes", "baseline_rss_bytes", "rss_scope" ("run" | "process"),
-    "gpu_memory_bytes", "providers", "resolution", "wall_s" (not counting `turn`)}.
+    reset at its start, and scored against gt[order]. → raw per-frame record: {"latency_s",
+    "started_s" (perf_counter at each timed step's start), "bank_bytes" (after each frame):
+    float64/int64 arrays [frames]; "stages_ms": {stage: array [frames]}; "samples": every
+    `sample_every` frames and after the last, {"frame", "rss_bytes" (VmRSS), "bank_bytes",
+    "latency_p50_ms" (of the frames since the previous sample)} lists; "jf", "j", "f" (×100,
+    None when no frame is scored), "peak_rss_bytes", "baseline_rss_bytes", "rss_scope" ("run" |
+    "process"), "gpu_memory_bytes", "providers", "resolution", "wall_s" (not counting `turn`)}.
+    Every per-frame array is allocated (and its pages touched) before the timed frames, so the
+    record itself does not grow the resident set during a long stream.
     `progress(frames done)` is called now and then; `turn()`, when given, before every step
     (warm-up ones too): it returns when this video may take its next step (:func:`lockstep`).
     """
@@ -72,40 +122,51 @@ def measure(segmenter, frames: Sequence[np.ndarray], gt: Sequence[np.ndarray], s
         wait_turn()
         segmenter.step(frames[order[t]], masks[t])
     segmenter.reset()
-    latencies: list[float] = []
-    started: list[float] = []
-    banks: list[int] = []
-    stages: dict[str, list[float]] = {}
+    n = len(order)
+    latencies, started = np.full(n, np.nan), np.full(n, np.nan)
+    banks = np.full(n, -1, np.int64)
+    stage_names: list[str] | None = None
+    stage_ms = np.full((0, n), np.nan)
+    samples = {"frame": [], "rss_bytes": [], "bank_bytes": [], "latency_p50_ms": []}
+    scores = _Scores(gt, order)
     report = _throttled(progress)
     scope = "run" if reset_peak_rss() else "process"
     baseline = proc_status_bytes("VmRSS")
     waited[0] = 0.0
     wall = time.perf_counter()
 
-    def stream():
-        for t, i in enumerate(order):
-            wait_turn()
-            start = time.perf_counter()
-            labels = segmenter.step(frames[i], masks[t])
-            latencies.append(time.perf_counter() - start)
-            started.append(start)
-            banks.append(int(segmenter.bank_bytes))
-            for name, ms in (getattr(segmenter, "timings", None) or {}).items():
-                stages.setdefault(name, []).append(float(ms))
-            report(t + 1)
-            yield labels
+    def sample(t: int) -> None:
+        samples["frame"].append(t + 1)
+        samples["rss_bytes"].append(proc_status_bytes("VmRSS"))
+        samples["bank_bytes"].append(int(banks[t]))
+        since = samples["frame"][-2] if len(samples["frame"]) > 1 else 0
+        samples["latency_p50_ms"].append(_r(np.median(latencies[since:t + 1]) * 1e3, 3))
 
-    objects = evaluate_sequence(stream(), [gt[i] for i in order])
+    for t, i in enumerate(order):
+        wait_turn()
+        start = time.perf_counter()
+        labels = segmenter.step(frames[i], masks[t])
+        latencies[t] = time.perf_counter() - start
+        started[t] = start
+        banks[t] = segmenter.bank_bytes
+        timings = getattr(segmenter, "timings", None) or {}
+        if stage_names is None:
+            stage_names = list(timings)
+            stage_ms = np.full((len(stage_names), n), np.nan)
+        for row, name in enumerate(stage_names):
+            stage_ms[row, t] = timings.get(name, 0.0)
+        scores.add(t, labels)
+        if (t + 1) % sample_every == 0 or t + 1 == n:
+            sample(t)
+        report(t + 1)
     wall = time.perf_counter() - wall - waited[0]
-    report(len(order), True)
-    try:
-        scores = summarize(objects.values())
-        jf, j, f = (round(100 * scores[k], 2) for k in ("J&F", "J-Mean", "F-Mean"))
-    except ValueError:   # too short a video for any scored frame
-        jf = j = f = None
+    report(n, True)
+    jf, j, f = scores.summary()
     providers = list(getattr(segmenter, "providers", []))
     return {
-        "latency_s": latencies, "started_s": started, "stages_ms": stages, "bank_bytes": banks, "jf": jf, "j": j, "f": f,
+        "latency_s": latencies, "started_s": started,
+        "stages_ms": {name: stage_ms[row] for row, name in enumerate(stage_names or [])},
+        "bank_bytes": banks, "samples": samples, "jf": jf, "j": j, "f": f,
         "peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline, "rss_scope": scope,
         "gpu_memory_bytes": gpu_memory_bytes() if "CUDAExecutionProvider" in providers else None,
         "providers": providers, "resolution": getattr(segmenter, "resolution", None), "wall_s": wall,
@@ -121,7 +182,17 @@ def _window(raws: Sequence[dict], last: bool) -> dict:
     size = max(1, round(WINDOW * n))
     span = slice(n - size, n) if last else slice(0, size)
     lat = np.concatenate([np.asarray(r["latency_s"][span]) for r in raws]) * 1e3
-    return {"frames": size, "latency_p50_ms": _r(np.median(lat)), "bank_bytes": raws[0]["bank_bytes"][span][-1]}
+    return {"frames": size, "latency_p50_ms": _r(np.median(lat)), "bank_bytes": int(raws[0]["bank_bytes"][span][-1])}
+
+
+def _rss_growth(raw: dict) -> int | None:
+    """Resident-set growth after warm-up: max VmRSS over the samples taken after the first
+    ``WINDOW`` (10 %) of the frames minus the first of those samples; None with < 2 such
+    samples (or off Linux)."""
+    n = len(raw["latency_s"])
+    after = [rss for frame, rss in zip(raw["samples"]["frame"], raw["samples"]["rss_bytes"])
+             if frame >= WINDOW * n and rss is not None]
+    return int(max(after) - after[0]) if len(after) >= 2 else None
 
 
 def summarize_runs(method: str, length: float, raws: Sequence[dict]) -> dict:
@@ -143,8 +214,8 @@ def summarize_runs(method: str, length: float, raws: Sequence[dict]) -> dict:
         "latency_ms": {"p50": _r(p50), "p90": _r(p90), "p99": _r(p99), "mean": _r(lat.mean()), "max": _r(lat.max())},
         "p50_per_repeat_ms": [_r(np.median(r["latency_s"]) * 1e3) for r in raws],
         "stages_ms": stages,
-        "bank_bytes": first["bank_bytes"][-1],
-        "bank_bytes_first": first["bank_bytes"][0],
+        "bank_bytes": int(first["bank_bytes"][-1]),
+        "bank_bytes_first": int(first["bank_bytes"][0]),
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in raws),
         "baseline_rss_bytes": first["baseline_rss_bytes"],
         "rss_scope": first["rss_scope"],
@@ -152,6 +223,9 @@ def summarize_runs(method: str, length: float, raws: Sequence[dict]) -> dict:
         "jf": jfs[0], "j": first["j"], "f": first["f"],
         "jf_spread": None if None in jfs else _r(max(jfs) - min(jfs)),
         "windows": {"first": _window(raws, last=False), "last": _window(raws, last=True)},
+        "bank_bytes_range": [int(np.min(first["bank_bytes"])), int(np.max(first["bank_bytes"]))],
+        "rss_growth_bytes": _rss_growth(first),
+        "samples": first["samples"],
         "providers": first["providers"],
         "seconds": _r(sum(r["wall_s"] for r in raws), 1),
     }
@@ -166,7 +240,8 @@ class Skip(Exception):
 
 def execute(task: dict, progress=None, loaded=None, segmenters: dict | None = None, turn=None) -> dict:
     """Carry out one task (a plain dict, so it crosses to a spawned process): load the
-    sequence (unless `loaded`), build the segmenter (unless cached in `segmenters`), then
+    sequence (unless `loaded`), build the segmenter with the task's ``params`` (--param; none for
+    the reference) unless cached in `segmenters`, then
     :func:`measure` (kind "bench", stepping on `turn`) or the PyTorch reference (kind
     "reference"). Raises :class:`Skip` when the segmenter cannot be built for this model
     (ManifestError)."""
@@ -177,15 +252,20 @@ def execute(task: dict, progress=None, loaded=None, segmenters: dict | None = No
     frames, gt, seq_prompts = loaded or load_sequence(Path(task["data"]), task["sequence"], task["max_frames"],
                                                       task["size"])
     method = "every_k" if task["kind"] == "reference" else task["method"]
-    segmenter = (segmenters or {}).get(method)
+    # --param overrides (checked by vos-bench before any run); the reference runs the model's every_k defaults
+    params = {} if task["kind"] == "reference" else task.get("params") or {}
+    key = f"{method} {params!r}" if params else method
+    segmenter = (segmenters or {}).get(key)
     if segmenter is None:
         try:
             segmenter = cli.make_segmenter(task["model"] and Path(task["model"]), method, task["resolution"],
-                                           task["providers"])
+                                           task["providers"], params)
         except ManifestError as exc:
             raise Skip(str(exc)) from exc
+        except click.BadParameter as exc:                  # make_segmenter's usage error: the sdk's own
+            raise (exc.__cause__ if isinstance(exc.__cause__, VosEdgeError) else exc) from None
         if segmenters is not None:
-            segmenters[method] = segmenter
+            segmenters[key] = segmenter
     order = make_order(len(frames), tuple(task["order"]))
     if task["kind"] == "reference":
         from benchmarks.reference import reference_run

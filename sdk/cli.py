@@ -8,6 +8,9 @@ into one-line messages (`user_errors`).
 from __future__ import annotations
 
 import contextlib
+import inspect
+import shlex
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -17,13 +20,139 @@ from tqdm import tqdm
 
 import sdk
 from sdk.demo import make_clip
-from sdk.errors import VosEdgeError
-from sdk.io import OverlayWriter, iter_frames, list_frames, read_mask, write_mask
+from sdk.errors import BadFrameError, InputError, ParameterError, VosEdgeError
+from sdk.io import (
+    OverlayWriter,
+    frame_files,
+    iter_frames,
+    list_frames,
+    read_mask,
+    write_mask,
+)
+from sdk.manifest import resolve_model
+from sdk.outputs import OutputFolder
+from sdk.params import (
+    SEGMENTER_OPTIONS,
+    parameter_error,
+    parse_assignments,
+    segmenter_option,
+)
+from sdk.policies import make_policy
 
 
-def make_segmenter(model: Path | None, method: str | None, resolution, providers: list[str] | None):
-    """Build the `sdk.Segmenter` every command runs (module-level so tests can replace it)."""
-    return sdk.Segmenter(model=model, method=method, providers=providers, resolution=resolution)
+def make_segmenter(model: Path | None, method: str | None, resolution, providers: list[str] | None,
+                   params: dict | None = None):
+    """Build the `sdk.Segmenter` every command runs (module-level so tests can replace it);
+    `params` ({name: value}, from --param: policy parameters, top_k, threads, temporary_memory)
+    go to it as keyword arguments.
+
+    A value the Segmenter refuses (:class:`~sdk.errors.ParameterError`: a bad --param,
+    --method or --resolution) is raised as a click usage error (exit code 2) naming the
+    option; it is found before any graph is loaded. Other sdk errors propagate."""
+    try:
+        if params and any("." in name for name in params):
+            params = params_for(method or resolve_model(model).method, params)
+        return sdk.Segmenter(model=model, method=method, providers=providers, resolution=resolution,
+                             **(params or {}))
+    except ParameterError as error:
+        option = _OWN_OPTION.get(getattr(error, "parameter", None), "--param")
+        raise click.BadParameter(str(error), param_hint=f"'{option}'") from error
+
+
+# Segmenter arguments with an option of their own (not settable with --param), and those --param may set
+_OWN_OPTION = {"model": "--model", "method": "--method", "resolution": "--resolution", "providers": "--providers"}
+SEGMENTER_PARAMS = SEGMENTER_OPTIONS
+
+
+def policy_parameters() -> dict[str, list[str]]:
+    """{parameter name: the memory policies that take it}, ``quality_gate`` (every policy)
+    included, in :data:`sdk.POLICIES` order."""
+    takers: dict[str, list[str]] = {}
+    for name, cls in sdk.POLICIES.items():
+        for parameter in [*inspect.signature(cls).parameters, "quality_gate"]:
+            takers.setdefault(parameter, []).append(name)
+    return takers
+
+
+def params_for(method: str, params: dict) -> dict:
+    """The --param entries that apply to `method`: every unscoped ``NAME`` and each
+    ``METHOD.NAME`` of this method (as ``NAME``); scoped entries of other methods are dropped.
+    Raises :class:`~sdk.errors.ParameterError` when a name is given both ways."""
+    out = {name: value for name, value in params.items() if "." not in name}
+    for name, value in params.items():
+        scope, _, sub = name.partition(".")
+        if sub and scope == method:
+            if sub in out:
+                raise parameter_error(f"{sub} is given both as --param {sub}=... and --param {name}=...",
+                                      "--param", name, value)
+            out[sub] = value
+    return out
+
+
+def check_param(name: str, value, methods: Iterable[str] | None = None) -> None:
+    """Refuse a --param that no method could take, before any model is loaded: a Segmenter
+    option (--method ...), a name no policy takes, or a value that every policy taking it
+    refuses (``k=2.5``, ``sigma=1.5``, ``quality_gate=2``, NaN ...). With `methods`, each of
+    them must take it (vos-bench runs them all with the same parameters). A value only some
+    policies refuse (``initial_slots=1``) is left to the Segmenter, which knows the method.
+    ``METHOD.NAME`` is checked against that method alone (which must be among `methods`).
+    Raises :class:`~sdk.errors.ParameterError`."""
+    scope, _, sub = name.partition(".")
+    if sub:
+        if scope not in sdk.POLICIES:
+            raise parameter_error(f"--param {name}: {scope!r} is not a memory policy; known: "
+                                  f"{', '.join(sdk.POLICIES)}", "--param", name, value)
+        if methods is not None and scope not in methods:
+            raise parameter_error(f"--param {name} is for {scope}, which is not among the methods run "
+                                  f"({', '.join(methods)})", "--param", name, value)
+        make_policy(scope, **{sub: value})
+        return
+    if name in _OWN_OPTION:
+        raise parameter_error(f"{name} has its own option: use {_OWN_OPTION[name]}, not --param {name}=...",
+                              "--param", name, value)
+    if name in SEGMENTER_PARAMS:
+        segmenter_option(name, value)
+        return
+    takers = policy_parameters()
+    if name not in takers:
+        known = "; ".join(f"{m}: {', '.join([*inspect.signature(cls).parameters, 'quality_gate'])}"
+                          for m, cls in sdk.POLICIES.items())
+        raise parameter_error(f"no memory policy takes a parameter {name!r}; the policies take: {known}; "
+                              f"the Segmenter: {', '.join(SEGMENTER_PARAMS)}", "--param", name, value)
+    errors = []
+    for method in (takers[name] if methods is None else methods):
+        try:
+            make_policy(method, **{name: value})
+        except ParameterError as error:
+            errors.append(error)
+    if methods is not None and errors:
+        raise errors[0]
+    if errors and len(errors) == len(takers[name]):
+        raise errors[0]
+
+
+def parse_params(ctx, param, values: tuple[str, ...]) -> dict:
+    """Click callback of --param (repeatable): ('sigma=0.7', 'max_frames=20') -> {'sigma': 0.7,
+    'max_frames': 20}. Values: int, float, true/false, none, else a string (quotes optional;
+    :func:`sdk.params.parse_value`). Each is checked at once as far as it can be without the
+    method (:func:`check_param`); a bad one is a usage error (exit code 2) naming it."""
+    try:
+        params = parse_assignments(values)
+        for name, value in params.items():
+            check_param(name, value)
+    except ParameterError as error:
+        raise click.BadParameter(str(error)) from error
+    return params
+
+
+def param_option():
+    """The --param NAME=VALUE option (repeatable) → ``params`` ({name: value})."""
+    return click.option("--param", "params", multiple=True, callback=parse_params, metavar="NAME=VALUE",
+                        help="Memory-policy parameter, repeatable: e.g. --param k=3 (every_k, lfu), --param "
+                             "sigma=0.7 --param beta=10 (qdmn), --param max_frames=20, --param quality_gate=0.8 "
+                             "(any policy); METHOD.NAME=VALUE for one policy only (--param every_k.max_frames=10); "
+                             "also top_k, threads, temporary_memory. Values: int, float, "
+                             "true/false, none, text. Default: the model's policy_defaults.")
 
 
 def parse_resolution(ctx, param, value: str | None):
@@ -44,8 +173,8 @@ def comma_list(ctx, param, value: str | None) -> list[str] | None:
 
 
 def segmenter_options(method: bool = True):
-    """Decorator adding --model, --method (unless method=False), --resolution and --providers
-    to a click command."""
+    """Decorator adding --model, --method (unless method=False), --resolution, --providers
+    and --param (→ ``params``, a dict: :func:`param_option`) to a click command."""
     options = [
         click.option("--model", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
                      help="Export folder (manifest.json + ONNX graphs) from vos-export. "
@@ -57,6 +186,7 @@ def segmenter_options(method: bool = True):
         click.option("--providers", callback=comma_list, metavar="LIST",
                      help="Comma-separated ONNX Runtime providers in order of preference, "
                           "e.g. 'cpu' or 'cuda,cpu'. Default: CUDA if available, else CPU."),
+        param_option(),
     ]
     if not method:
         del options[1]
@@ -82,23 +212,61 @@ def segment(
     segmenter,
     frames: Iterable[tuple[str, np.ndarray]],
     first_mask: np.ndarray,
-    out: Path,
+    out: OutputFolder,
     overlay: Path | None = None,
     total: int | None = None,
+    skipped: list | None = None,
+    names: list[str] | None = None,
 ) -> int:
     """Step `segmenter` through (name, rgb uint8 [H,W,3]) frames, giving `first_mask` (label
-    map [H,W]) with the first; write `out/<name>.png` (DAVIS palette) per frame and, if
-    `overlay` is set, an MP4 of the blended masks -> number of frames segmented."""
+    map [H,W]) with the first; write `<out>/<name>.png` (DAVIS palette) per frame, recorded in
+    `out` as it is written, and, if `overlay` is set, an MP4 of the blended masks -> number of
+    masks written.
+
+    With `skipped` (a list: the ``--on-bad-frame skip`` mode), a frame whose size differs from
+    the first frame's is appended to it as a :class:`~sdk.errors.BadFrameError` and not
+    segmented; without it that is an :class:`~sdk.errors.InputError` naming the frame. Errors of
+    ``segmenter.step`` are re-raised with the frame's name and index; every mask written before
+    stays on disk (and in the record). `names` (the source's frame names in order) gives each
+    frame its index in the source, skipped frames counted; without it frames are counted as
+    they come."""
     count = 0
+    size = None
+    position = {name: i for i, name in enumerate(names or [])}
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(OverlayWriter(overlay)) if overlay else None
-        for name, rgb in tqdm(frames, total=total, unit="frame", desc="vos-segment"):
-            labels = segmenter.step(rgb, first_mask if count == 0 else None)
-            write_mask(out / f"{name}.png", labels)
+        for seen, (name, rgb) in enumerate(tqdm(frames, total=total, unit="frame", desc="vos-segment")):
+            index = position.get(name, seen)
+            if size is not None and rgb.shape != size:
+                problem = (f"frame {index} ({name}) is {rgb.shape[1]}x{rgb.shape[0]}, the first frame "
+                           f"{size[1]}x{size[0]}: every frame of a video must have one size")
+                if skipped is None:
+                    raise InputError(problem)
+                skipped.append(BadFrameError(problem, index=index, name=name))
+                continue
+            if count == 0 and skipped and skipped[0].index == 0:
+                raise BadFrameError(f"the first frame, which the mask annotates, is unreadable: {skipped[0]}",
+                                    skipped[0].path, 0, skipped[0].name)
+            size = size or rgb.shape
+            try:
+                labels = segmenter.step(rgb, first_mask if count == 0 else None)
+            except VosEdgeError as error:
+                raise _at_frame(error, index, name) from error
+            write_mask(out.folder / f"{name}.png", labels)
+            out.add(f"{name}.png")
             if writer:
                 writer.write(rgb, labels)
             count += 1
     return count
+
+
+def _at_frame(error: VosEdgeError, index: int, name: str) -> VosEdgeError:
+    """The same kind of error, its message prefixed with the frame it happened at."""
+    message = f"frame {index} ({name}): {error}"
+    try:
+        return type(error)(message)
+    except TypeError:       # a subclass with other required arguments
+        return VosEdgeError(message)
 
 
 EXAMPLES = """\b
@@ -116,19 +284,31 @@ masks are named after the frames (file stems; 00000, 00001, ... for a video).
 """
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
 @click.command(epilog=EXAMPLES)
 @click.option("--frames", type=click.Path(path_type=Path), metavar="DIR|VIDEO",
-              help="Folder of .jpg/.png frames (sorted by name) or a video file.")
+              help="Folder of .jpg/.png frames (sorted by name; hidden files ignored) or a video file.")
 @click.option("--mask", type=click.Path(path_type=Path), metavar="PNG",
-              help="Mask of the objects in the first frame.")
+              help="Mask of the objects in the first frame (formats: see below).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Output folder, one palette PNG per frame. With --demo: ./vosedge-demo.")
+              help="Output folder, one palette PNG per frame; must be empty or hold an earlier "
+                   "vos-segment run (then --overwrite). With --demo: ./vosedge-demo.")
 @click.option("--overlay", type=click.Path(dir_okay=False, path_type=Path), metavar="MP4",
               help="Also write the frames with the masks blended in as an MP4 video.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace what an earlier vos-segment run wrote in --out (and the --overlay file); "
+                   "other files are left alone.")
+@click.option("--on-bad-frame", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="A truncated or corrupt frame (or one of another size): stop with an error naming it "
+                   "(masks written so far are kept), or skip it (no mask for it, nothing from it enters "
+                   "memory; listed at the end).")
 @click.option("--demo", is_flag=True,
               help="Segment a synthetic clip made by code (two moving textured objects).")
 @segmenter_options()
-def main(frames, mask, out, overlay, demo, model, method, resolution, providers):
+def main(frames, mask, out, overlay, overwrite, on_bad_frame, demo, model, method, resolution, providers,
+         params=None):
     """Segment the objects of a first-frame mask in every frame of a video (semi-supervised
     video object segmentation, STCN-family network with a bounded memory bank)."""
     if demo:
@@ -138,14 +318,46 @@ def main(frames, mask, out, overlay, demo, model, method, resolution, providers)
         overlay = overlay or out / "overlay.mp4"
     elif not (frames and mask and out):
         raise click.UsageError("--frames, --mask and --out are required (or try --demo)")
-    with user_errors():
+    skipped = [] if on_bad_frame == "skip" else None
+    folder = OutputFolder(out)
+    count = 0
+    with user_errors(), folder:
         if demo:
             rgb, labels = make_clip()
-            stream, first_mask, total = ((f"{i:05d}", f) for i, f in enumerate(rgb)), labels[0], len(rgb)
-        else:   # inputs first: a bad path fails before any model is loaded
-            stream, first_mask, total = iter_frames(frames), read_mask(mask), len(list_frames(frames))
-        segmenter = make_segmenter(model, method, resolution, providers)
-        count = segment(segmenter, stream, first_mask, out, overlay, total)
+            names = [f"{i:05d}" for i in range(len(rgb))]
+            stream, first_mask = zip(names, rgb), labels[0]
+        else:   # inputs first: a bad path fails before any model is loaded or any file removed
+            names = list_frames(frames)
+            stream, first_mask = iter_frames(frames, skipped), read_mask(mask)
+            ignored = frame_files(frames)[1] if frames.is_dir() else []
+            if ignored:
+                click.echo(f"ignored {len(ignored)} hidden file(s) in {frames}/: "
+                           f"{', '.join(p.name for p in ignored[:5])}{', …' if len(ignored) > 5 else ''}", err=True)
+        inside = overlay is not None and overlay.resolve().parent == out.resolve()
+        planned = [f"{n}.png" for n in names] + ([overlay.name] if inside else [])
+        if overlay is not None and not inside and overlay.exists() and not overwrite:
+            raise click.UsageError(f"--overlay {overlay} exists: pass --overwrite to replace it")
+        folder.prepare(overwrite, planned, check_only=True)    # refused before the model loads
+        try:
+            segmenter = make_segmenter(model, method, resolution, providers, params)
+            removed = folder.prepare(overwrite, planned, command=shlex.join(["vos-segment", *sys.argv[1:]]))
+            if removed:
+                click.echo(f"removed {removed} file(s) of the earlier run in {out}/", err=True)
+            if inside:
+                folder.add(overlay.name)
+            count = segment(segmenter, stream, first_mask, folder, overlay, len(names), skipped, names)
+        except KeyboardInterrupt:
+            folder.close()
+            click.echo(f"\ninterrupted: {folder.written} file(s) written to {out}/ are kept", err=True)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        except (VosEdgeError, OSError) as error:
+            kept = folder.masks
+            hint = " (--on-bad-frame skip segments past bad frames)" if isinstance(error, BadFrameError) else ""
+            raise click.ClickException(f"{error}; the {kept} mask(s) already written to {out}/ are kept{hint}"
+                                       if kept else f"{error}{hint}") from error
     click.echo(f"{count} masks written to {out}/")
+    if skipped:
+        click.echo(f"{len(skipped)} frame(s) skipped (no mask written): "
+                   + "; ".join(f"{e.name or e.index}: {e}" for e in skipped))
     if overlay:
         click.echo(f"overlay video: {overlay}")

@@ -350,8 +350,9 @@ def read_mask(path: str | Path) -> np.ndarray:
 def write_mask(path: str | Path, labels: np.ndarray) -> None:
     """Write a label map (integer [H,W], values 0..255) as a DAVIS palette PNG.
 
-    Creates missing parent folders. Raises InputError for a non-2-D, non-integer or
-    out-of-range label map.
+    Creates missing parent folders. The file appears whole or not at all (written to a
+    temporary name beside it, then renamed), so an interrupted run never leaves a truncated
+    mask. Raises InputError for a non-2-D, non-integer or out-of-range label map.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
@@ -360,8 +361,14 @@ def write_mask(path: str | Path, labels: np.ndarray) -> None:
         raise InputError(f"labels must lie in 0..255, got {labels.min()}..{labels.max()}")
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(PALETTE.tobytes())
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from PIL import Image
 import sdk
 from benchmarks import bench, machine, playback, runs
 from benchmarks.report import PLOTS, markdown_table, p50_change
+from benchmarks.metrics import evaluate_sequence, summarize
 from sdk import cli
 from sdk.demo import make_clip
 from sdk.io import write_mask
@@ -53,7 +54,7 @@ def fake_bench(tmp_path, monkeypatch, *extra):
     make_sequence(tmp_path / "data")
     built = []
 
-    def make(*options):        # (model, method, resolution, providers), as cli.make_segmenter takes them
+    def make(*options):        # (model, method, resolution, providers, params), as cli.make_segmenter takes them
         built.append(options)
         segmenter = CopyFirstSegmenter()
         segmenter.method = options[1]
@@ -69,7 +70,8 @@ def fake_bench(tmp_path, monkeypatch, *extra):
 TOP = {"format": str, "version": int, "created": str, "machine": dict, "data": str, "sequence": str,
        "sequence_frames": int, "unit_frames": int, "input_size": list, "model": str, "model_config": str,
        "model_manifest_sha256": str,
-       "precision": str, "mode": str, "warmup_frames": int, "repeats": int, "balance": bool, "isolation": str,
+       "precision": str, "params": dict,
+       "mode": str, "warmup_frames": int, "repeats": int, "balance": bool, "isolation": str,
        "lockstep": bool,
        "complete": bool,
        "interrupted": bool, "results": list}
@@ -77,9 +79,10 @@ MACHINE = {"cpu": str, "cores": int, "platform": str, "onnxruntime": str, "provi
            "numpy": str, "gpus": list}
 RESULT = {"method": str, "length": (int, float), "frames": int, "repeats": int, "fps": float, "latency_ms": dict,
           "p50_per_repeat_ms": list, "stages_ms": dict, "bank_bytes": int, "bank_bytes_first": int,
-          "peak_rss_bytes": int, "rss_scope": str, "windows": dict, "providers": list, "seconds": float}
+          "peak_rss_bytes": int, "rss_scope": str, "windows": dict, "providers": list, "seconds": float,
+          "bank_bytes_range": list, "samples": dict}
 NULLABLE = {"jf": float, "j": float, "f": float, "jf_spread": float, "gpu_memory_bytes": int,
-            "baseline_rss_bytes": int}
+            "baseline_rss_bytes": int, "rss_growth_bytes": int}
 REFERENCE = {"checkpoint": str, "method": str, "frames": int, "torch_ms_per_frame": float, "sdk_ms_per_frame": float,
              "overhead_ratio": float, "torch_p50_ms": float, "sdk_p50_ms": float, "torch": str, "torch_threads": int,
              "omp_wait_policy": str,
@@ -110,6 +113,12 @@ def check_schema(report: dict) -> None:
         for w in r["windows"].values():
             assert set(w) == {"frames", "latency_p50_ms", "bank_bytes"} and 1 <= w["frames"] <= r["frames"]
         assert r["rss_scope"] in ("run", "process") and r["peak_rss_bytes"] > 0
+        lo, hi = r["bank_bytes_range"]
+        assert lo <= r["bank_bytes_first"] <= hi and lo <= r["bank_bytes"] <= hi
+        samples = r["samples"]
+        assert set(samples) == {"frame", "rss_bytes", "bank_bytes", "latency_p50_ms"}
+        assert samples["frame"][-1] == r["frames"] and samples["bank_bytes"][-1] == r["bank_bytes"]
+        assert len({len(v) for v in samples.values()}) == 1
         if report["mode"] == "lengths":
             assert isinstance(r["length"], int) and r["frames"] == r["length"] * report["unit_frames"]
     reference = report["reference"]
@@ -277,11 +286,13 @@ def test_json_is_replaced_atomically(tmp_path):
 # --- pieces ---------------------------------------------------------------------------------------
 
 
-def _raw(latencies_ms, banks, jf=50.0):
-    return {"latency_s": [x / 1e3 for x in latencies_ms], "stages_ms": {"readout": [1.0] * len(latencies_ms)},
+def _raw(latencies_ms, banks, jf=50.0, samples=None):
+    n = len(latencies_ms)
+    samples = samples or {"frame": [n], "rss_bytes": [95], "bank_bytes": [banks[-1]], "latency_p50_ms": [1.0]}
+    return {"latency_s": [x / 1e3 for x in latencies_ms], "stages_ms": {"readout": [1.0] * n},
             "bank_bytes": banks, "jf": jf, "j": jf, "f": jf, "peak_rss_bytes": 100, "baseline_rss_bytes": 90,
             "rss_scope": "run", "gpu_memory_bytes": None, "providers": ["CPUExecutionProvider"], "resolution": 240,
-            "wall_s": 1.0}
+            "wall_s": 1.0, "samples": samples}
 
 
 def test_summaries_pool_repeats_and_compare_windows():
@@ -296,6 +307,30 @@ def test_summaries_pool_repeats_and_compare_windows():
     assert r["windows"]["last"] == {"frames": 2, "latency_p50_ms": 29.5, "bank_bytes": 2000}    # 19,20,39,40
     assert r["bank_bytes_first"] == 100 and r["bank_bytes"] == 2000
     assert r["jf"] == 50.0 and r["jf_spread"] == 2.0 and r["stages_ms"] == {"readout": 1.0}
+
+
+def test_rss_growth_counts_only_samples_after_the_warm_up():
+    frames = [100 * (i + 1) for i in range(10)]                  # samples every 100 of 1000 frames
+    rss = [50, 80, 90, 90, 91, 90, 95, 90, 90, 92]                  # warm-up (first 10 %) ends at frame 100
+    samples = {"frame": frames, "rss_bytes": rss, "bank_bytes": [7] * 10, "latency_p50_ms": [1.0] * 10}
+    r = runs.summarize_runs("lfu", 1, [_raw([1] * 1000, [7] * 1000, samples=samples)])
+    assert r["rss_growth_bytes"] == 95 - 50 and r["samples"] == samples and r["bank_bytes_range"] == [7, 7]
+    flat = {**samples, "rss_bytes": [60, 60] + [61] * 8}
+    assert runs.summarize_runs("lfu", 1, [_raw([1] * 1000, [7] * 1000, samples=flat)])["rss_growth_bytes"] == 1
+    one = {"frame": [1000], "rss_bytes": [60], "bank_bytes": [7], "latency_p50_ms": [1.0]}
+    assert runs.summarize_runs("lfu", 1, [_raw([1] * 1000, [7] * 1000, samples=one)])["rss_growth_bytes"] is None
+
+
+def test_measure_samples_every_n_frames_and_scores_like_evaluate_sequence(square_clip):
+    frames, masks = square_clip(n=6)
+    segmenter = CopyFirstSegmenter()
+    order = [0, 1, 2, 3, 4, 5, 4, 3, 2, 1, 0, 1]
+    raw = runs.measure(segmenter, frames, masks, [masks[0]] + [None] * 5, order, warmup=2, sample_every=5)
+    assert raw["samples"]["frame"] == [5, 10, 12] and len(raw["samples"]["rss_bytes"]) == 3
+    assert all(rss > 0 for rss in raw["samples"]["rss_bytes"])
+    assert len(raw["latency_s"]) == 12 and not np.isnan(raw["latency_s"]).any()
+    expected = summarize(evaluate_sequence([masks[0]] * 12, [masks[i] for i in order]).values())
+    assert raw["jf"] == round(100 * expected["J&F"], 2) and raw["jf"] < 100
 
 
 def test_markdown_table_rows_and_skips():

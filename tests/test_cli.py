@@ -52,7 +52,7 @@ def test_segments_a_frame_folder_into_named_palette_pngs(fake, clip, tmp_path):
     out, video = tmp_path / "out", tmp_path / "overlay.mp4"
     result = invoke("--frames", frames, "--mask", mask, "--out", out, "--overlay", video)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == [f"img{i:03d}.png" for i in range(5)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"img{i:03d}.png" for i in range(5)]
     with Image.open(out / "img004.png") as image:
         assert image.mode == "P" and image.size == (64, 48)
     assert np.array_equal(read_mask(out / "img004.png"), labels[0])
@@ -69,7 +69,7 @@ def test_segments_a_video_with_davis_names(fake, clip, tmp_path):
             writer.write(rgb, np.zeros(rgb.shape[:2], np.uint8))
     result = invoke("--frames", video, "--mask", mask, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert sorted(p.stem for p in (tmp_path / "out").iterdir()) == ["00000", "00001", "00002", "00003", "00004"]
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == ["00000", "00001", "00002", "00003", "00004"]
 
 
 def test_demo_writes_masks_and_overlay(fake, tmp_path):
@@ -127,9 +127,11 @@ def test_options_reach_the_factory(monkeypatch, clip, tmp_path):
     monkeypatch.setattr(cli, "make_segmenter", lambda *options: seen.append(options) or CopyFirstSegmenter())
     frames, mask, _ = clip
     invoke("--frames", frames, "--mask", mask, "--out", tmp_path / "o", "--model", tmp_path / "m",
-           "--method", "first_latest", "--resolution", "native", "--providers", "cuda, cpu")
-    invoke("--frames", frames, "--mask", mask, "--out", tmp_path / "o", "--resolution", "240")
-    assert seen == [(tmp_path / "m", "first_latest", None, ["cuda", "cpu"]), (None, None, 240, None)]
+           "--method", "first_latest", "--resolution", "native", "--providers", "cuda, cpu",
+           "--param", "quality_gate=0.5", "--param", "threads=2")
+    invoke("--frames", frames, "--mask", mask, "--out", tmp_path / "o2", "--resolution", "240")
+    assert seen == [(tmp_path / "m", "first_latest", None, ["cuda", "cpu"], {"quality_gate": 0.5, "threads": 2}),
+                    (None, None, 240, None, {})]
 
 
 # --- the real sdk.Segmenter on the bundled model ---------------------------------------------

@@ -119,3 +119,19 @@ def test_real_eval_on_one_davis_sequence(tmp_path):
     # every_k holds frames 0, 5, …, 45 at the end: at least 10 frames of keys + values
     # (480 px internal: 30×54 positions, C_k 64 + C_v 128 float32)
     assert report["bank_bytes"] == report["per_sequence"]["blackswan"]["bank_bytes"] >= 10 * 30 * 54 * 192 * 4
+
+
+def test_ctrl_c_exits_130_keeping_the_sequences_done(tmp_path, monkeypatch):
+    gts = make_dataset(tmp_path / "data", "")
+
+    class Interrupted(OracleSegmenter):
+        def step(self, frame, mask=None):
+            if len(self.given) == len(gts["both"]) + 1:                    # the 2nd frame of 'late'
+                raise KeyboardInterrupt
+            return super().step(frame, mask)
+
+    result, _ = run_eval(tmp_path, Interrupted(gts["both"] + gts["late"]), monkeypatch)
+    assert result.exit_code == 130 and "interrupted after 1 of 2 sequence(s)" in result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["interrupted"] and list(report["per_sequence"]) == ["both"] and report["J&F"] == 100.0
+    assert len(list((tmp_path / "out" / "both").glob("*.png"))) == len(gts["both"])
