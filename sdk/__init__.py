@@ -10,13 +10,14 @@ Imports only numpy, onnxruntime, OpenCV and Pillow — never torch or onnx.
 from .errors import (BadFrameError, GraphRunError, InputError, ManifestError, OutputError, ParameterError,
                      VideoReadError, VosEdgeError)
 from .manifest import Manifest, load_manifest
-from .policies import LFU, POLICIES, QDMN, QPM, RDE, EveryK, FirstLatest, MemoryPolicy, QualityGate, make_policy
+from .policies import (LFU, POLICIES, QDMN, QPM, RDE, EveryK, FirstLatest, MemoryPolicy, QualityGate, SAM2Window, XMem,
+                       make_policy)
 from .segmenter import Segmenter
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Segmenter", "Manifest", "load_manifest", "MemoryPolicy", "EveryK", "FirstLatest", "QDMN", "LFU", "QPM",
-    "RDE", "QualityGate", "POLICIES", "make_policy", "VosEdgeError", "ManifestError", "InputError",
+    "RDE", "XMem", "SAM2Window", "QualityGate", "POLICIES", "make_policy", "VosEdgeError", "ManifestError", "InputError",
     "VideoReadError", "BadFrameError", "ParameterError", "OutputError", "GraphRunError", "__version__",
 ]

@@ -3,7 +3,8 @@
 It *holds* tensors; a :class:`~sdk.policies.MemoryPolicy` *decides* where a frame goes (the
 split of Cutie's KVMemoryStore / MemoryManager). Memory is addressed in frame slots of hw = h·w
 stride-16 feature positions each (slot s covers positions [s·hw, (s+1)·hw)) or, for
-feature-level policies (LFU), position by position.
+feature-level policies (LFU), position by position. A bounded bank may also hold ``features``
+positions after its slots, addressed one by one (XMem's long-term memory of prototypes).
 
 Two options follow the network's authors (manifest ``inference``): keys per object
 (``object_keys``: STM/QDMN memory keys come from the value encoder, one per object) and a
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .policies import Write
+from .policies import Consolidate, Write
 
 _MOVE_FLOATS = 1 << 20   # floats per block moved when a growable bank lengthens its rows (4 MiB temporaries)
 
@@ -45,8 +46,9 @@ class MemoryBank:
     mid-video).
 
     These arrays cover every physical slot, the temporary one included (what the readout
-    reads). Policies decide from :attr:`frames` / :attr:`positions` and address slots and
-    positions through :meth:`apply`, which leave the temporary slot out.
+    reads), then the ``features`` positions of :meth:`allocate` (bounded banks only), so M =
+    live slots × hw + features. Policies decide from :attr:`frames` / :attr:`positions` and
+    address slots and positions through :meth:`apply`, which leave the temporary slot out.
     """
 
     def __init__(self, key_channels: int, value_channels: int, growable: bool = False,
@@ -58,6 +60,7 @@ class MemoryBank:
         self.temporary = temporary
         self.offset = 1 if temporary else 0          # physical slots before the policy's slot 0
         self.hw = 0
+        self.features = 0                            # positions after the slots (allocate)
         self._k = np.zeros(0, np.float32)
         self._v = np.zeros(0, np.float32)
         self._valid = np.zeros(0, np.float32)
@@ -66,17 +69,28 @@ class MemoryBank:
         self._live = 0
         self._views()
 
-    def allocate(self, capacity: int, hw: int, num_objects: int) -> None:
+    def allocate(self, capacity: int, hw: int, num_objects: int, features: int = 0) -> None:
         """Allocate empty buffers for ``capacity`` policy frame slots (+ the temporary one) of
-        ``hw`` positions and ``num_objects`` objects; a bounded bank is then live over all of
-        them, a growable one over the temporary slot only."""
-        self.hw, self._objects = hw, num_objects
+        ``hw`` positions, then ``features`` positions addressed one by one
+        (:meth:`~sdk.policies.MemoryPolicy.feature_positions`), and ``num_objects`` objects; a
+        bounded bank is then live over all of them, a growable one over the temporary slot
+        only. Raises ValueError for ``features`` > 0 in a growable bank (its rows lengthen by
+        slots), MemoryError when the buffers cannot be allocated (sizes beyond memory or the
+        address space); the bank is then unchanged."""
+        if features and self.growable:
+            raise ValueError("a growable memory bank holds frame slots only (features must be 0)")
         slots = capacity + self.offset
-        p = slots * hw
-        self._k = np.zeros(self._key_rows * p, np.float32)
-        self._v = np.zeros(num_objects * self.value_channels * p, np.float32)
-        self._valid = np.zeros(p, np.float32)
-        self._origin = np.full(p, -1, np.int64)
+        p = slots * hw + features
+        key_rows = self.key_channels * (num_objects if self.object_keys else 1)
+        try:                                         # numpy refuses sizes beyond the address space otherwise
+            k = np.zeros(key_rows * p, np.float32)
+            v = np.zeros(num_objects * self.value_channels * p, np.float32)
+            valid, origin = np.zeros(p, np.float32), np.full(p, -1, np.int64)
+        except (MemoryError, ValueError, OverflowError) as error:
+            raise MemoryError(f"a memory bank of {p} positions ({slots} slots of {hw} + {features}) "
+                              f"does not fit in memory: {error}") from error
+        self.hw, self._objects, self.features = hw, num_objects, features
+        self._k, self._v, self._valid, self._origin = k, v, valid, origin
         self._live = self.offset if self.growable else slots
         self._views()
 
@@ -85,7 +99,7 @@ class MemoryBank:
         return self.key_channels * (self._objects if self.object_keys else 1)
 
     def _views(self) -> None:
-        m = self._live * self.hw
+        m = self._live * self.hw + self.features
         keys = self._k[:self._key_rows * m]
         self.keys = (keys.reshape(self._objects, self.key_channels, m) if self.object_keys
                      else keys.reshape(self.key_channels, m))
@@ -94,7 +108,7 @@ class MemoryBank:
         self.origin = self._origin[:m]
 
     def _values_view(self) -> None:
-        m = self._live * self.hw
+        m = self._live * self.hw + self.features
         self.values = self._v[:self._objects * self.value_channels * m].reshape(
             self._objects, self.value_channels, m)
 
@@ -105,20 +119,22 @@ class MemoryBank:
 
     @property
     def capacity(self) -> int:
-        """Policy frame slots the buffers hold (live or not; the temporary slot not counted)."""
-        return len(self._origin) // self.hw - self.offset if self.hw else 0
+        """Policy frame slots the buffers hold (live or not; the temporary slot and the
+        feature positions not counted)."""
+        return (len(self._origin) - self.features) // self.hw - self.offset if self.hw else 0
 
     @property
     def positions(self) -> np.ndarray:
         """int64 [policy positions] view of :attr:`origin` without the temporary slot: the
-        per-position table feature-level policies decide from."""
+        per-position table feature-level policies decide from (slot s at [s·hw, (s+1)·hw),
+        then the ``features`` positions)."""
         return self.origin[self.offset * self.hw:]
 
     @property
     def frames(self) -> np.ndarray:
         """int64 [live policy slots] view: frame index written into each slot (its first
         position), −1 = empty. The slot table frame-level policies decide from."""
-        return self.positions[::self.hw] if self.hw else self.origin
+        return self.positions[:len(self.positions) - self.features:self.hw] if self.hw else self.origin
 
     def policy_usage(self, usage: np.ndarray) -> np.ndarray:
         """The readout's usage [M] without the temporary slot's positions."""
@@ -206,23 +222,96 @@ class MemoryBank:
             self.valid[:self.hw] = 0
             self.origin[:self.hw] = -1
 
+    def clear(self, target: int | np.ndarray) -> None:
+        """Empty policy slot ``target`` (int) or policy positions ``target`` (int [K]): valid 0,
+        origin −1 (the keys and values stay, masked by ``valid``)."""
+        if isinstance(target, (int, np.integer)):
+            start = (int(target) + self.offset) * self.hw
+            target = slice(start, start + self.hw)
+        else:
+            target = np.asarray(target, np.int64) + self.offset * self.hw
+        self.valid[target] = 0
+        self.origin[target] = -1
+
     def apply(self, decision: int | np.ndarray | Write | None, key: np.ndarray, value: np.ndarray,
-              frame: int, sam: Callable | None = None) -> None:
+              frame: int, sam: Callable | None = None, potentiate: Callable | None = None) -> None:
         """Carry out a policy's decision (:meth:`~sdk.policies.MemoryPolicy.on_frame`) for frame
-        ``frame`` with key [C_k, hw] and value [N, C_v, hw]: nothing (None), :meth:`write` (a
-        slot or positions), or a :class:`~sdk.policies.Write`: its fold first, slot ``dst`` ←
-        ``sam(key_src [C_k,hw], value_src [N,C_v,hw], key, value)`` → (key, value) of slot
-        ``src`` and the frame (RDE Eq. 4–6), then the frame into each of its slots."""
+        ``frame`` with key [C_k, hw] (or [N, C_k, hw] with ``object_keys``) and value
+        [N, C_v, hw]: nothing (None), :meth:`write` (a slot or positions), or a
+        :class:`~sdk.policies.Write`, in this order:
+
+        1. what the graphs compute, before anything is written (so that a graph that raises
+           leaves the bank as it was): its ``fold``, slot ``dst`` ← ``sam(key_src [C_k,hw],
+           value_src [N,C_v,hw], key, value)`` → (key, value) of slot ``src`` and the frame (RDE
+           Eq. 4–6); its ``consolidate`` (:class:`~sdk.policies.Consolidate`, XMem "Long-term memory"): the
+           candidates' keys [C_k, C] (or [N, C_k, C]) and values [N, C_v, C] as they will be
+           after the frame's write (a candidate in one of the frame's slots is the frame's
+           feature), prototype keys = the candidates' keys at ``prototypes``, prototype values
+           = ``potentiate(prototype keys [C_k, P] (or [N, C_k, P]), candidate keys, candidate
+           values)`` → [N, C_v, P];
+        2. the slots of ``clear`` are emptied, the fold is written, the frame goes into each of
+           ``slots``;
+        3. consolidation: ``evict`` and the candidates are emptied, then prototype i goes to
+           position ``targets[i]`` (origin: the frame its key came from).
+        """
         if decision is None:
             return
         if not isinstance(decision, Write):
             self.write(decision, key, value, frame)
             return
+        folded = prototypes = None
         if decision.fold is not None:
-            src, dst = decision.fold
-            self.write(dst, *sam(*self.slot(src), key, value), frame)
+            folded = sam(*self.slot(decision.fold[0]), key, value)
+        if decision.consolidate is not None:
+            prototypes = self._prototypes(decision.consolidate, decision.slots, key, value, frame, potentiate)
+        for slot in decision.clear:
+            self.clear(slot)
+        if folded is not None:
+            self.write(decision.fold[1], *folded, frame)
         for slot in decision.slots:
             self.write(slot, key, value, frame)
+        if prototypes is not None:
+            c = decision.consolidate
+            self.clear(c.evict)
+            self.clear(c.candidates)
+            target = c.targets + self.offset * self.hw
+            self.keys[..., target], self.values[:, :, target] = prototypes[:2]
+            self.valid[target] = 1
+            self.origin[target] = prototypes[2]
+
+    def _prototypes(self, c: Consolidate, slots: tuple[int, ...], key: np.ndarray, value: np.ndarray, frame: int,
+                    potentiate: Callable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Consolidation's prototypes (keys [C_k,P] or [N,C_k,P], values [N,C_v,P], origins
+        int64 [P]) from the candidates as they are after the frame's write into ``slots``
+        (gathered copies; nothing in the bank changes). Raises IndexError for a candidate or
+        target outside the policy positions."""
+        for name in ("candidates", "targets", "evict"):
+            positions = getattr(c, name)
+            if len(positions) and (positions.min() < 0 or positions.max() >= len(self.positions)):
+                raise IndexError(f"consolidation {name} outside the bank's {len(self.positions)} positions")
+        physical = c.candidates + self.offset * self.hw
+        keys, values = self.keys[..., physical], self.values[:, :, physical]     # copies (fancy indexing)
+        origin = self.origin[physical]
+        for slot in slots:                               # candidates the frame's write replaces
+            inside = c.candidates // self.hw == slot
+            if inside.any():
+                within = c.candidates[inside] - slot * self.hw
+                keys[..., inside], values[:, :, inside], origin[inside] = key[..., within], value[:, :, within], frame
+        prototype_keys = keys[..., c.prototypes]
+        return prototype_keys, potentiate(prototype_keys, keys, values), origin[c.prototypes]
+
+    def snapshot(self) -> dict:
+        """The bank's state for :meth:`restore` (its attributes; the buffers by reference, not
+        copied). Good until the next write: :meth:`allocate` and :meth:`add_objects` replace the
+        buffers, only :meth:`write`, :meth:`write_temporary`, :meth:`clear_temporary`,
+        :meth:`clear` and :meth:`apply` change them in place."""
+        return dict(vars(self))
+
+    def restore(self, snapshot: dict) -> None:
+        """Go back to a :meth:`snapshot` taken since the last write (undoes :meth:`allocate`
+        and :meth:`add_objects`)."""
+        vars(self).clear()
+        vars(self).update(snapshot)
 
     def _extend(self, live: int) -> None:
         """Make the first ``live`` slots live: rows of keys/values lengthen from old·hw to

@@ -77,7 +77,7 @@ class Geometry:
 
     @classmethod
     def for_frame(cls, height: int, width: int, resolution: int | None, stride: int,
-                  padding: str = "bottom_right") -> "Geometry":
+                  padding: str = "bottom_right") -> Geometry:
         """Raises ValueError for a ``padding`` not in :data:`PADDINGS`."""
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
@@ -86,7 +86,9 @@ class Geometry:
         else:
             scale = resolution / min(height, width)
             rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
-        up = lambda n: -(-n // stride) * stride  # noqa: E731
+        def up(n: int) -> int:
+            return -(-n // stride) * stride
+
         ph, pw = up(rh), up(rw)
         top, left = ((ph - rh) // 2, (pw - rw) // 2) if padding == "centre" else (0, 0)
         return cls(height, width, rh, rw, ph, pw, stride, top, left)
@@ -201,16 +203,19 @@ def one_hot(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def merge_given(prob: np.ndarray | None, given_map: np.ndarray, given_idx: list[int], given: list[int],
-                num_objects: int) -> np.ndarray:
+                num_objects: int, void: np.ndarray | None = None) -> np.ndarray:
     """Per-object probabilities of a frame with a user-given mask (XMem-style merge).
 
     prob float32 [N_mem,Hp,Wp] predicted for the N_mem objects memory holds (None: no
     prediction), given_map uint8 label map [Hp,Wp], given_idx the object indices of the given
-    labels ``given`` → float32 [num_objects,Hp,Wp]: the given objects are one-hot from the map,
-    the others keep their prediction except where the map gives an object."""
+    labels ``given``, void bool [Hp,Wp] or None: the pixels that carry no label → float32
+    [num_objects,Hp,Wp]: the given objects are one-hot from the map, the others keep their
+    prediction except where the map gives an object; at void pixels every object keeps its
+    prediction (0 for an object without one)."""
     probs = np.zeros((num_objects, *given_map.shape), np.float32)
     if prob is not None:
         probs[:len(prob)] = prob
-        probs[:, given_map > 0] = 0
-    probs[given_idx] = one_hot(given_map, given)
+        probs[:, given_map > 0 if void is None else (given_map > 0) & ~void] = 0
+    hot = one_hot(given_map, given)
+    probs[given_idx] = hot if void is None else np.where(void, probs[given_idx], hot)
     return probs

@@ -1,24 +1,34 @@
 """Frame-by-frame semi-supervised VOS on the exported graphs (STCN inference loop)."""
 from __future__ import annotations
 
+import copy
+from functools import partial
 from pathlib import Path
 from time import perf_counter
 
 import numpy as np
 
 from .bank import MemoryBank
-from .errors import InputError, ManifestError
+from .errors import GraphRunError, InputError, ManifestError, ParameterError
+from .io import VOID  # label 255 of DAVIS masks: void, "no label here"
 from .manifest import GRAPH_NAMES, Manifest, resolve_model
 from .ops import Geometry, Workspace, channel_argmax, merge_given, sigmoid, soft_aggregate
+from .params import refuse, segmenter_option
+from .params import resolution as check_resolution
 from .policies import MemoryPolicy, Write, make_policy
 from .runtime import Graphs
 
 # Segmenter.timings keys (ms). preprocess: checks, resize, normalise, pad; key_encoder: + the
 # prior_enhance graph (QDMN/QPM); postprocess: mask merge, soft aggregation, crop, resize, argmax;
-# qam: the QAM score graph; sam: the SAM graphs + RDE write; bookkeeping: the rest of the sdk's
-# work (sigmoid, objects, prior, policy, value-encoder masks, bank write).
+# qam: the QAM score graph; sam: the SAM graphs + RDE write; readout: also XMem's potentiation (the
+# readout graph, on frames that consolidate); bookkeeping: the rest of the sdk's work (sigmoid,
+# objects, prior, policy, value-encoder masks, bank write).
+# floats the readout graph gathers per potentiation call (XMem consolidation; 64 MiB of float32)
+POTENTIATION_FLOATS = 1 << 24
+
 STAGES = ("preprocess", "key_encoder", "readout", "decoder", "postprocess", "value_encoder", "qam", "sam",
           "bookkeeping")
+
 
 
 class Segmenter:
@@ -29,29 +39,44 @@ class Segmenter:
     Args:
         model: export folder (``manifest.json`` + graphs); None = the bundled default export
             ``sdk/models/default`` (raises :class:`~sdk.errors.ManifestError` if missing).
-        method: memory policy (:data:`~sdk.policies.POLICIES`: ``"every_k"``,
-            ``"first_latest"``, ``"qdmn"``, ``"lfu"``, ``"qpm"``, ``"rde"``); None = the
-            manifest's ``method``. Unknown → :class:`~sdk.errors.InputError` listing the known
-            ones. A policy whose graphs (``policy.requires``: ``qam``, ``sam_key``,
-            ``sam_value``) the export lacks → :class:`~sdk.errors.ManifestError` naming them.
+        method: memory policy, a str (:data:`~sdk.policies.POLICIES`: ``"every_k"``,
+            ``"first_latest"``, ``"qdmn"``, ``"lfu"``, ``"qpm"``, ``"rde"``, ``"xmem"``,
+            ``"sam2_window"``); None = the
+            manifest's ``method``. Unknown or not a str → :class:`~sdk.errors.ParameterError`
+            listing the known ones. A policy whose graphs (``policy.requires``: ``qam``,
+            ``sam_key``, ``sam_value``) the export lacks → :class:`~sdk.errors.ManifestError`
+            naming them.
         providers: onnxruntime execution providers; None = CUDA if it starts, else CPU (one
-            ``logging`` warning on logger ``"vosedge"`` when CUDA is dropped). Short names
-            ``"cuda"``, ``"cpu"`` accepted.
-        resolution: internal short side in px: ``"manifest"`` = the manifest's, an int, or None
-            = native frame size. Frames are resized (aspect kept), then zero-padded to
+            INFO record on logger ``"vosedge"`` when CUDA is not available: nothing was asked
+            for). A provider asked for by name that cannot start is dropped with one WARNING
+            there. Short names ``"cuda"``, ``"cpu"`` accepted.
+        resolution: internal short side in px: ``"manifest"`` = the manifest's, an int ≥
+            :data:`~sdk.params.MIN_FEATURE_ROWS` × the manifest's ``stride`` (64 px for the
+            bundled model, stride 16: with fewer than 4 rows of key features it loses the
+            object — measured IoU 0.00–0.16 at 16–48 px, 0.53–0.63 at 64, 0.91 at 240 px), or
+            None = native frame size. Frames are resized (aspect kept), then zero-padded to
             multiples of the manifest ``stride`` (bottom/right, or on both sides when the
             manifest's ``inference.padding`` is ``"centre"``); outputs are at input size.
-        top_k: top-k of the readout softmax; None = the policy's (RDE: 40), else the
-            manifest's ``top_k``.
-        threads: CPU threads per graph (onnxruntime intra-op); None = one per physical core.
-            Sessions never spin-wait (:func:`sdk.runtime.session_options`).
-        temporary_memory: read the previous frame as a temporary memory when the policy did not
-            write it (QDMN's inference; STCN's ``include_last``); None = the manifest's
+        top_k: top-k of the readout softmax, an int ≥ 1 (clipped to the positions in memory);
+            None = the policy's (RDE: 40), else the manifest's ``top_k``.
+        threads: CPU threads per graph (onnxruntime intra-op), an int ≥ 1; None = one per
+            physical core. Sessions never spin-wait (:func:`sdk.runtime.session_options`).
+        temporary_memory: bool; read the previous frame as a temporary memory when the policy
+            did not write it (QDMN's inference; STCN's ``include_last``); None = the manifest's
             ``inference.temporary_memory`` for frame-slot policies (LFU keeps features: off).
-            True with LFU → :class:`~sdk.errors.InputError`.
+            True with LFU → :class:`~sdk.errors.ParameterError`.
         **policy_params: override the manifest's ``policy_defaults[method]``, e.g. ``k=5``,
-            ``max_frames=20`` for every_k; ``quality_gate=σ`` (any policy) writes only frames
-            whose normalised QAM score is ≥ σ.
+            ``max_frames=20`` for every_k, ``sigma=0.7`` for qdmn; ``quality_gate=σ`` (any
+            policy) writes only frames whose normalised QAM score is ≥ σ. Types and ranges: the
+            policy classes of :mod:`sdk.policies` (counts are ints, thresholds σ finite numbers in
+            [0, 1]; :mod:`sdk.params`). A bad value in the manifest's own ``policy_defaults`` →
+            :class:`~sdk.errors.ManifestError`.
+
+    Every argument is checked before any graph is loaded: a wrong type (bool or float for a
+    count, 0/1 for a flag, a str for a number), NaN, ±inf or a value out of range raises
+    :class:`~sdk.errors.ParameterError` (an :class:`~sdk.errors.InputError`) naming the
+    parameter, the value, its type and the accepted range. ``providers`` is checked by
+    :mod:`sdk.runtime` (:class:`~sdk.errors.InputError`).
 
     Per frame (:meth:`step`): key encoder → readout over the memory bank → decoder →
     sigmoid → soft aggregation (STM/STCN) → crop padding, bilinear resize to input size →
@@ -78,33 +103,41 @@ class Segmenter:
                  threads: int | None = None, temporary_memory: bool | None = None, **policy_params):
         self.manifest: Manifest = resolve_model(model)
         m = self.manifest
-        self.method = method or m.method
-        self._policy_params = {**m.policy_defaults.get(self.method, {}), **policy_params}
-        policy = make_policy(self.method, **self._policy_params)  # fail early on a bad method/param
+        # every argument is checked (sdk.params) before a graph is loaded
+        if isinstance(resolution, str) and resolution == "manifest":
+            resolution = m.resolution
+        else:                                        # None or ≥ MIN_FEATURE_ROWS × stride
+            resolution = check_resolution(resolution, m.stride)
+        self.resolution = resolution
+        top_k = segmenter_option("top_k", top_k)
+        threads = segmenter_option("threads", threads)
+        temporary_memory = segmenter_option("temporary_memory", temporary_memory)
+        self.method = m.method if method is None else method
+        defaults = m.policy_defaults.get(self.method, {}) if isinstance(self.method, str) else {}
+        self._policy_params = {**defaults, **policy_params}
+        try:
+            policy = make_policy(self.method, **self._policy_params)  # fail early on a bad method/param
+        except ParameterError as error:                            # the manifest's own default is bad
+            if getattr(error, "parameter", None) in defaults and error.parameter not in policy_params:
+                raise ManifestError(f"{m.root / 'manifest.json'}: policy_defaults[{self.method!r}]: {error}") from error
+            raise
         missing = [name for name in policy.requires if name not in m.graphs]
         if missing:
             raise ManifestError(f"memory policy {self.method!r} needs graph(s) {', '.join(missing)}, which "
                                 f"the export {m.root} lacks: use a model exported with those heads "
                                 f"(vos-export --method {self.method})")
-        if resolution == "manifest":
-            resolution = m.resolution
-        if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
-                                       or resolution < 1):
-            raise InputError(f"resolution must be 'manifest', a positive int short side or None, got {resolution!r}")
-        self.resolution = resolution
-        self.top_k = (policy.top_k or m.top_k) if top_k is None else int(top_k)
-        if self.top_k < 1:
-            raise InputError(f"top_k must be ≥ 1, got {top_k}")
+        self.top_k = (policy.top_k or m.top_k) if top_k is None else top_k
         inference = m.inference
         always = ("prior_enhance",) if inference["prior_enhance"] == "always" else ()
         missing = [name for name in always if name not in m.graphs]
         if missing:
             raise ManifestError(f"the export {m.root} says prior enhancement runs on every frame, but it has no "
                                 "prior_enhance graph: re-export the model")
-        if temporary_memory is None:                 # the manifest's, where the policy keeps frame slots
+        if temporary_memory is None:                 # the manifest's, where the policy keeps frame slots (xmem too)
             temporary_memory = inference["temporary_memory"] and not policy.per_feature
         elif temporary_memory and policy.per_feature:
-            raise InputError(f"temporary_memory works with frame-slot policies; {self.method!r} keeps features")
+            raise refuse("Segmenter", "temporary_memory", temporary_memory, "False or None",
+                         f"temporary_memory works with frame-slot policies; {self.method!r} keeps features")
         self.temporary_memory = bool(temporary_memory)
         self._object_keys = inference["memory_keys"] == "per_object"
         if self._object_keys and {"sam_key", "sam_value"} & set(policy.requires):
@@ -159,76 +192,122 @@ class Segmenter:
 
     # -- inference -------------------------------------------------------------------------
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Segment one frame; returns the label map uint8 [H,W] (0 = background).
+        """Segment one frame; returns a fresh label map uint8 [H,W] (0 = background, else the
+        label of a known object; never :data:`VOID`).
 
-        frame: RGB uint8 [H,W,3], same size for the whole video.
-        mask: optional integer label map [H,W] (0 = background, labels 1..max_objects, not
-            necessarily contiguous). Required and non-empty on the first frame; later it may
-            introduce new objects or re-state known ones. The objects in it are taken as given
-            (they are the output there; predictions of the other known objects are merged in as
-            XMem does) and the frame is written to memory. An all-zero mask after the first
-            frame gives nothing and counts as no mask.
+        frame: RGB uint8 [H,W,3] (H, W ≥ 1), the same size for the whole video; any array NumPy
+            converts to that (any strides: views, Fortran order and negative strides give the
+            same result as a C-contiguous copy). Refused, with a hint how to convert: other
+            dtypes (float, bool, int64, uint16, …: no scaling is guessed), greyscale [H,W] or
+            [H,W,1], RGBA [H,W,4], empty frames, None and objects NumPy cannot convert.
+        mask: optional label map [H,W] of the frame's size: uint8 or any other integer dtype
+            with values 0 (background), 1..max_objects (objects, not necessarily contiguous)
+            and, for models with max_objects < 255, 255 = void (DAVIS: "no label here"); or a
+            bool map (True = the object of label 1). Refused: float masks (even with integral
+            values: convert with ``mask.astype(np.uint8)``), other shapes (RGB masks: read them
+            with :func:`sdk.io.read_mask`), negative labels and labels above max_objects
+            (other than void; a binary 0/255 mask should be read with
+            :func:`sdk.io.read_mask`, which maps it to label 1). Required on the first frame,
+            holding at least one object; later it may introduce new objects or re-state known
+            ones. The objects in it are taken as given (they are the output there; predictions
+            of the other known objects are merged in as XMem does) and the frame is written to
+            memory. A mask without any object after the first frame (all 0 and void) counts as
+            no mask.
+        Void pixels carry no label: on the first frame they count as background; on later
+        frames the prediction of every known object fills them, the given ones included (as
+        if no mask were given there).
 
         :attr:`timings` then holds this frame's per-stage wall times in ms (:data:`STAGES`,
         0 for stages that did not run, plus ``total``).
 
-        Raises :class:`~sdk.errors.InputError` if the frame is not uint8 [H,W,3], its size
-        differs from the first frame's, the mask is not an integer [H,W] map of the frame's
-        size, has negative labels or labels above the model's ``max_objects``, or the first
-        frame has no mask or an empty one.
+        Raises :class:`~sdk.errors.InputError` for a refused frame or mask (above), a frame
+        whose size differs from the first frame's, a first frame without a mask or with an
+        empty one, or a frame NumPy has no memory for (try a smaller ``resolution``);
+        :class:`~sdk.errors.GraphRunError` when onnxruntime fails on a graph (e.g. cannot
+        allocate its memory at this resolution) or a graph returns NaN or infinite values (the
+        decoder's probabilities, the readout, QAM scores, the value encoder's outputs, keys
+        going into memory, SAM's RDE fold), naming the graph and the frame index. A call that
+        raises changes nothing: the memory, the policy's state, the objects and
+        :attr:`frame_index` are as before it, and the next call gives what it would have given
+        without the refused one.
         """
         t0 = perf_counter()
-        ms = dict.fromkeys(STAGES, 0.0)
         frame = self._check_frame(frame)
-        mask, given = self._check_mask(mask, frame.shape[:2])
-        if self._geometry is None:
-            if mask is None:
-                raise InputError("the first frame needs a mask: step(frame, mask) with a label map "
-                                 "holding at least one object (labels 1..max_objects)")
-            self._geometry = Geometry.for_frame(frame.shape[0], frame.shape[1], self.resolution,
-                                                self.manifest.stride, self.manifest.inference["padding"])
+        mask, given, void = self._check_mask(mask, frame.shape[:2])
+        if self._geometry is None and mask is None:
+            raise InputError("the first frame needs a mask: step(frame, mask) with a label map "
+                             "holding at least one object (labels 1..max_objects)")
+        policy, bank = copy.deepcopy(self.policy), self.bank.snapshot()
+        try:
+            return self._step(frame, mask, given, void, t0)
+        except BaseException as error:               # roll back: the refused call never happened
+            self.policy = policy
+            self.bank.restore(bank)
+            self._work.clear()                       # a first frame of another size must start from zeros
+            if isinstance(error, MemoryError):
+                raise InputError(f"not enough memory to segment a {frame.shape[0]}x{frame.shape[1]} frame at "
+                                 f"resolution {self.resolution} with a memory bank of {self.policy.capacity()} "
+                                 f"frame slots{self._features_text()}: use a smaller resolution, or a policy that "
+                                 "keeps fewer frames (max_frames, beta, capacity_frames, long_term_elements)"
+                                 ) from error
+            raise
+
+    def _step(self, frame: np.ndarray, mask: np.ndarray | None, given: list[int], void: bool,
+              t0: float) -> np.ndarray:
+        """:meth:`step` on checked inputs. It changes the Segmenter's own attributes only at the
+        end, when nothing can fail any more; the bank and the policy may change on the way
+        (:meth:`step` restores them when this raises): the bank's buffers are replaced (objects,
+        first allocation) before the last graph runs, written in place only after it."""
+        ms = dict.fromkeys(STAGES, 0.0)
         geo, t = self._geometry, self._t
+        if geo is None:
+            geo = Geometry.for_frame(frame.shape[0], frame.shape[1], self.resolution, self.manifest.stride,
+                                     self.manifest.inference["padding"])
         image = geo.image(frame, self._mean, self._std, self._work)
         given_map = None if mask is None else geo.label_map(mask)
+        void_map = given_map == VOID if void else None             # [Hp,Wp] bool, later frames only
         t1 = perf_counter()
         ms["preprocess"] = (t1 - t0) * 1e3
 
         query = self._graphs.run_named("key_encoder", {"image": image})
         key, f16, f8, f4 = query.get("key"), query["f16"], query["f8"], query["f4"]
+        prior = None
         if self._prior_input:
-            key, f16 = self._graphs.run("prior_enhance", {"f16": f16, "prior": self._prior(t, given_map)})
+            prior = self._prior(t, given_map)
+            key, f16 = self._graphs.run("prior_enhance", {"f16": f16, "prior": prior})
         t2 = perf_counter()
         ms["key_encoder"] = (t2 - t1) * 1e3
 
         prob = None
-        if self.bank.num_valid and any(label not in given for label in self._labels):
+        if self.bank.num_valid and (any(label not in given for label in self._labels)
+                                    or (void and any(label in self._labels for label in given))):
             prob = self._predict(t, key, f16, f8, f4, ms)
 
         new = [label for label in given if label not in self._labels]
-        if new:
-            self._labels += new
-            self._lut = np.array([0, *self._labels], np.uint8)
-            if self.bank.capacity:
-                self.bank.add_objects(len(new))
+        labels = self._labels + new
+        lut = np.array([0, *labels], np.uint8) if new else self._lut
+        if new and self.bank.capacity:
+            self.bank.add_objects(len(new))
         if not self.bank.capacity:
             hw = int(np.prod(geo.feature_size))
-            self.bank.allocate(self.policy.capacity(), hw, len(self._labels))
-        given_idx = [self._labels.index(label) for label in given]
+            self.bank.allocate(self.policy.capacity(), hw, len(labels), features=self.policy.feature_positions())
+        given_idx = [labels.index(label) for label in given]
         t4 = perf_counter()
 
-        probs = prob if mask is None else merge_given(prob, given_map, given_idx, given, len(self._labels))
+        probs = prob if mask is None else merge_given(prob, given_map, given_idx, given, len(labels), void_map)
         agg = soft_aggregate(probs, self._work)                       # [N+1,Hp,Wp]
         full = geo.to_input(agg, self._work)                          # [N+1,H,W]
         if mask is None:
-            out = self._lut[channel_argmax(full, self._work)]         # a fresh array: the caller's
+            out = lut[channel_argmax(full, self._work)]               # a fresh array: the caller's
         else:
             rest = [c for c in range(len(full)) if c - 1 not in given_idx]   # bg + objects not given
-            out = np.where(mask > 0, mask, self._lut[rest][channel_argmax(full[rest], self._work)])
+            labelled = (mask > 0) & (mask != VOID) if void else mask > 0
+            out = np.where(labelled, mask, lut[rest][channel_argmax(full[rest], self._work)])
+            if void:                                                  # every object's prediction
+                out = np.where(mask == VOID, lut[channel_argmax(full, self._work)], out)
         t5 = perf_counter()
         ms["postprocess"] = (t5 - t4) * 1e3
 
-        if self._prior_input:
-            self._prev_prior = agg[1:].max(0)[None, None]
         encoded = scores = None
         if self.temporary_memory and t > 0:
             encoded = self._encode_value(image, f16, agg, ms)       # written somewhere either way
@@ -236,8 +315,9 @@ class Segmenter:
             encoded = encoded or self._encode_value(image, f16, agg, ms)
             t6 = perf_counter()
             (scores,) = self._graphs.run_named("qam", encoded).values()
+            self._check_finite("qam", scores=scores)
             ms["qam"] = (perf_counter() - t6) * 1e3
-        table = self.bank.positions if self.policy.per_feature else self.bank.frames
+        table = self.bank.positions if self.policy.per_position else self.bank.frames
         decision = self.policy.on_frame(t, table, mask is not None, scores)
         temporary = decision is None and self.temporary_memory and t > 0
         if decision is not None or temporary:
@@ -245,15 +325,25 @@ class Segmenter:
             t7 = perf_counter()
             value = encoded["value"]
             memory_key = encoded["key"] if self._object_keys else key[0]
+            if not self._object_keys:                # the value encoder's outputs are checked already
+                self._check_finite("prior_enhance" if self._prior_input else "key_encoder", key=memory_key)
             memory_key = memory_key.reshape(*memory_key.shape[:-2], -1)
             value = value.reshape(*value.shape[:2], -1)
             if decision is None:
                 self.bank.write_temporary(memory_key, value, t)
-            else:
+            else:                                    # SAM's and the potentiation's graphs run before apply writes
+                self.bank.apply(decision, memory_key, value, t, partial(self._sam, size=geo.feature_size),
+                                partial(self._potentiate, ms=ms))
                 self.bank.clear_temporary()
-                self.bank.apply(decision, memory_key, value, t, self._sam)
             if isinstance(decision, Write) and decision.fold is not None:
                 ms["sam"] = (perf_counter() - t7) * 1e3
+
+        # commit: nothing below can fail
+        self._geometry, self._labels, self._lut = geo, labels, lut
+        if self._prior_input:
+            if t == 0:
+                self._first_prior = prior
+            self._prev_prior = agg[1:].max(0)[None, None]
         self._t += 1
         total = (perf_counter() - t0) * 1e3
         ms["bookkeeping"] = max(0.0, total - sum(ms.values()))
@@ -263,15 +353,31 @@ class Segmenter:
 
     def _prior(self, t: int, given_map: np.ndarray | None) -> np.ndarray:
         """Prior mask [1,1,Hp,Wp] float32 of frame t: the first frame's annotation (foreground
-        of its label map) at t = 0, then that of the frame ``policy.prior(t)`` picks."""
+        of its label map) at t = 0, then that of the frame ``policy.prior(t)`` picks. Changes
+        nothing (:meth:`_step` keeps the first frame's)."""
         if t == 0:
-            self._first_prior = (given_map > 0).astype(np.float32)[None, None]
-            return self._first_prior
+            return (given_map > 0).astype(np.float32)[None, None]
         return self._first_prior if self.policy.prior(t) == 0 else self._prev_prior
+
+    def _check_finite(self, graph: str, bounded: bool = False, **outputs: np.ndarray) -> None:
+        """Raise :class:`~sdk.errors.GraphRunError` when one of ``outputs`` (name → float array
+        of graph ``graph``'s outputs) holds NaN or ±inf. Exact and cheap: NaN propagates through
+        NumPy's min and max, ±inf shows in one of them (≈ 0.07 ms each per million float32 on
+        the 2-core VM); ``bounded``: values lie in [0, 1] unless NaN (probabilities), max only."""
+        for name, array in outputs.items():
+            if np.isfinite(np.max(array)) and (bounded or np.isfinite(np.min(array))):
+                continue
+            nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+            raise GraphRunError(
+                f"graph {graph!r} returned {nan} NaN and {inf} infinite value(s) in {name!r} "
+                f"{list(np.shape(array))} at frame {self._t}; its result would be garbage, so the frame was "
+                "refused and the Segmenter left unchanged (memory, objects, frame_index). The export's weights "
+                "diverge on this input (an RDE fold can): check the export, or use another memory policy")
 
     def _encode_value(self, image, f16, agg, ms) -> dict[str, np.ndarray]:
         """Value encoder on the soft-aggregated prediction agg [N+1,Hp,Wp] → its outputs:
-        ``value`` [N,C_v,h,w] (+ ``key`` [N,C_k,h,w] with per-object keys, + what the QAM reads)."""
+        ``value`` [N,C_v,h,w] (+ ``key`` [N,C_k,h,w] with per-object keys, + what the QAM reads).
+        Raises :class:`~sdk.errors.GraphRunError` when one of them is not finite."""
         own = agg[1:]
         masks = self._work.array("value_masks", (len(own), 2, *own.shape[1:]))   # [N,2,Hp,Wp]
         masks[:, 0] = own
@@ -279,67 +385,167 @@ class Segmenter:
         np.subtract(total, own, out=masks[:, 1])                      # the other objects
         t0 = perf_counter()
         out = self._graphs.run_named("value_encoder", {"image": image, "f16": f16, "masks": masks})
+        self._check_finite("value_encoder", **out)
         ms["value_encoder"] = (perf_counter() - t0) * 1e3
         return out
 
-    def _sam(self, key_rde, value_rde, key, value) -> tuple[np.ndarray, np.ndarray]:
+    def _sam(self, key_rde, value_rde, key, value, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """SAM (RDE-VOS Eq. 4–6): (previous RDE key [C_k,hw], value [N,C_v,hw], new memory
-        frame's key, value) → new RDE (key [C_k,hw], value [N,C_v,hw]) via ``sam_key`` and
-        ``sam_value``."""
-        h, w = self._geometry.feature_size
+        frame's key, value; the feature map size (h, w), hw = h·w) → new RDE (key [C_k,hw],
+        value [N,C_v,hw]) via ``sam_key`` and ``sam_value``. Raises
+        :class:`~sdk.errors.GraphRunError` for a non-finite result (a diverging RDE) before
+        anything is written."""
+        h, w = size
         n = len(value)
         (new_key,) = self._graphs.run("sam_key", {"previous": key_rde.reshape(1, -1, h, w),
                                                   "new": key.reshape(1, -1, h, w)})
         (new_value,) = self._graphs.run("sam_value", {"previous": value_rde.reshape(n, -1, h, w),
                                                       "new": value.reshape(n, -1, h, w)})
+        self._check_finite("sam_key", key=new_key)
+        self._check_finite("sam_value", value=new_value)
         return new_key.reshape(new_key.shape[1], -1), new_value.reshape(*new_value.shape[:2], -1)
+
+    def _features_text(self) -> str:
+        features = self.policy.feature_positions()
+        return f" + {features} feature positions" if features else ""
+
+    def _potentiate(self, prototype_keys: np.ndarray, keys: np.ndarray, values: np.ndarray, ms: dict) -> np.ndarray:
+        """XMem's memory potentiation through the export's readout graph: the readout of the
+        consolidation candidates' values with the prototypes' keys as queries, softmax over all
+        C candidates (top_k = C, XMem's potentiation has no top-k), with the export's affinity.
+
+        prototype_keys [C_k,P] (or [N,C_k,P] with per-object keys), keys [C_k,C] (or
+        [N,C_k,C]), values [N,C_v,C] float32 → prototype values [N,C_v,P] float32. The
+        prototypes go in as a query map of 1 × q positions (``query_key`` [1,C_k,1,q]), q per
+        call bounded so that the graph's gather of q·C values per object stays near
+        :data:`POTENTIATION_FLOATS` floats. The graph's ``readout`` output is the memory readout
+        alone in every export (what the decoder concatenates with query features happens in
+        the decoder graph). Per-object keys: one call per object, with its own keys and values.
+        Raises :class:`~sdk.errors.GraphRunError` for a failed run or a non-finite result."""
+        t0 = perf_counter()
+        n, cv, c = values.shape
+        p = prototype_keys.shape[-1]
+        out = np.empty((n, cv, p), np.float32)
+        if self._object_keys:
+            groups = [(slice(i, i + 1), prototype_keys[i], keys[i:i + 1], values[i:i + 1]) for i in range(n)]
+        else:
+            groups = [(slice(None), prototype_keys, keys[None], values)]
+        valid, top_k = np.ones(c, np.float32), np.array(c, np.int64)
+        for rows, query, memory_keys, memory_values in groups:
+            step = max(1, POTENTIATION_FLOATS // (c * (len(memory_values) * cv + 2)))
+            memory_keys, memory_values = np.ascontiguousarray(memory_keys), np.ascontiguousarray(memory_values)
+            for start in range(0, p, step):
+                q = np.ascontiguousarray(query[:, start:start + step])[None, :, None, :]
+                readout, _ = self._graphs.run("readout", {"query_key": q, "memory_keys": memory_keys,
+                                                          "memory_values": memory_values, "valid": valid,
+                                                          "top_k": top_k})
+                out[rows, :, start:start + q.shape[-1]] = readout[:, :, 0, :]
+        self._check_finite("readout", potentiation=out)
+        ms["readout"] += (perf_counter() - t0) * 1e3
+        return out
 
     def _predict(self, t, key, f16, f8, f4, ms) -> np.ndarray:
         """Readout over the bank's live positions (RDE-VOS Eq. 2–3) + decoder → per-object
-        foreground probability [N_mem,Hp,Wp] float32 for the N_mem objects the bank holds."""
+        foreground probability [N_mem,Hp,Wp] float32 for the N_mem objects the bank holds.
+        Raises :class:`~sdk.errors.GraphRunError` for a non-finite readout or probability."""
         t0 = perf_counter()
         bank = self.bank
         readout, usage = self._graphs.run("readout", {
             "query_key": key, "memory_keys": bank.readout_keys, "memory_values": bank.values,
             "valid": bank.valid, "top_k": np.array(min(self.top_k, bank.num_valid), np.int64)})
+        self._check_finite("readout", readout=readout)
         t1 = perf_counter()
         self.policy.on_readout(t, bank.policy_usage(usage))
         t2 = perf_counter()
         (logits,) = self._graphs.run("decoder", {"readout": readout, "f16": f16, "f8": f8, "f4": f4})
+        prob = sigmoid(logits[:, 0], out=logits[:, 0])
+        self._check_finite("decoder", bounded=True, probability=prob)   # ±inf logits saturate to 0, 1
         t3 = perf_counter()
         ms["readout"], ms["decoder"] = (t1 - t0) * 1e3, (t3 - t2) * 1e3
-        return sigmoid(logits[:, 0], out=logits[:, 0])
+        return prob
 
     # -- input checks ----------------------------------------------------------------------
     def _check_frame(self, frame) -> np.ndarray:
-        frame = np.asarray(frame)
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
-            raise InputError(f"frame must be RGB uint8 [H,W,3], got {frame.dtype} {list(frame.shape)}")
+        """→ the frame as a C-contiguous uint8 [H,W,3] array (the caller's when it is one);
+        InputError as :meth:`step` says."""
+        if frame is None:
+            raise InputError("frame is None (a failed read?): step needs an RGB uint8 array [H,W,3]")
+        try:
+            array = np.asarray(frame)
+        except Exception as error:   # ragged lists, objects whose __array__ fails, …
+            raise InputError(f"frame must be an RGB uint8 array [H,W,3]; NumPy cannot convert the "
+                             f"{type(frame).__name__} given: {error}") from error
+        got = f"got {array.dtype} {list(array.shape)}"
+        if array.dtype != np.uint8:
+            hint = ("a float image must be scaled to 0..255 first, e.g. (frame * 255).round().astype(np.uint8) "
+                    "for 0..1 values" if array.dtype.kind == "f" else
+                    "convert it with frame.astype(np.uint8) if its values lie in 0..255"
+                    if array.dtype.kind in "biu" else f"a {type(frame).__name__} is not an image")
+            raise InputError(f"frame must be RGB uint8 [H,W,3], {got}: {hint}")
+        if array.ndim != 3 or array.shape[2] != 3:
+            hint = ("an RGBA frame: drop alpha with frame[..., :3]" if array.ndim == 3 and array.shape[2] == 4 else
+                    "a greyscale frame: make it RGB, e.g. np.repeat(frame.reshape(H, W, 1), 3, axis=2)"
+                    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 1) else
+                    "one frame at a time")
+            raise InputError(f"frame must be RGB uint8 [H,W,3], {got}: {hint}")
+        if 0 in array.shape:
+            raise InputError(f"frame must be RGB uint8 [H,W,3] with H, W ≥ 1, {got} (empty)")
         geo = self._geometry
-        if geo is not None and frame.shape[:2] != (geo.height, geo.width):
+        if geo is not None and array.shape[:2] != (geo.height, geo.width):
             raise InputError(f"frame size changed from {geo.height}x{geo.width} to "
-                             f"{frame.shape[0]}x{frame.shape[1]} mid-video; call reset() to start a new video")
-        return frame
+                             f"{array.shape[0]}x{array.shape[1]} mid-video; call reset() to start a new video")
+        return np.ascontiguousarray(array)
 
-    def _check_mask(self, mask, size) -> tuple[np.ndarray | None, list[int]]:
-        """→ (uint8 label map or None, sorted labels present)."""
+    def _check_mask(self, mask, size) -> tuple[np.ndarray | None, list[int], bool]:
+        """→ (C-contiguous uint8 label map [H,W] or None when it holds no object, sorted
+        labels present, whether it has void pixels); void becomes background on a first frame.
+        InputError as :meth:`step` says."""
         if mask is None:
-            return None, []
-        mask = np.asarray(mask)
-        if mask.dtype.kind not in "biu" or mask.shape != size:
-            raise InputError(f"mask must be an integer label map of the frame's size {list(size)}, "
-                             f"got {mask.dtype} {list(mask.shape)}")
-        lo, hi = int(mask.min()), int(mask.max())
-        if lo < 0:
-            raise InputError(f"mask has negative label {lo}; labels are 0 (background) or 1..max_objects")
+            return None, [], False
+        try:
+            array = np.asarray(mask)
+        except Exception as error:
+            raise InputError(f"mask must be an integer label map [H,W]; NumPy cannot convert the "
+                             f"{type(mask).__name__} given: {error}") from error
+        got = f"got {array.dtype} {list(array.shape)}"
         limit = self.manifest.max_objects
-        if hi > limit:
-            raise InputError(f"mask label {hi} exceeds this model's limit of max_objects = {limit}")
-        mask = mask.astype(np.uint8, copy=False)
-        labels = [int(v) for v in np.flatnonzero(np.bincount(mask.ravel(), minlength=limit + 1)[1:]) + 1]
+        void = VOID if limit < VOID else None
+        labels_are = f"labels are 0 (background), 1..{limit}" + (f" and {VOID} (void)" if void else "")
+        if array.dtype.kind not in "biu":
+            hint = ("float masks are refused even with integral values: convert a label map with "
+                    "mask.astype(np.uint8), threshold a probability map (e.g. mask > 0.5)"
+                    if array.dtype.kind == "f" else labels_are)
+            raise InputError(f"mask must be an integer label map (or bool) of the frame's size {list(size)}, "
+                             f"{got}: {hint}")
+        if array.shape != size:
+            hint = ("an RGB(A) mask: read it with sdk.io.read_mask, which maps DAVIS colours to labels"
+                    if array.ndim == 3 and array.shape[-1] in (3, 4) else
+                    "take mask[..., 0]" if array.ndim == 3 and array.shape[-1] == 1 else labels_are)
+            raise InputError(f"mask must be an integer label map of the frame's size {list(size)}, {got}: {hint}")
+        binary = "a binary 0/255 mask should be read with sdk.io.read_mask, which maps it to label 1"
+        if array.dtype.kind != "b":
+            lo, hi = int(array.min()), int(array.max())
+            if lo < 0:
+                raise InputError(f"mask has negative label {lo}; {labels_are}")
+            if hi > 255:
+                raise InputError(f"mask label {hi} exceeds this model's limit of max_objects = {limit} ({labels_are}; "
+                                 "a 16-bit label PNG should be read with sdk.io.read_mask)")
+        mask = np.ascontiguousarray(array, dtype=np.uint8)     # bool: True → 1
+        counts = np.bincount(mask.ravel(), minlength=256)
+        present = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
+        labels = [v for v in present if v != void]
+        if labels and labels[-1] > limit:
+            raise InputError(f"mask label {labels[-1]} exceeds this model's limit of max_objects = {limit} "
+                             f"({labels_are}; {binary})")
+        has_void = void is not None and counts[void] > 0
+        first = self._geometry is None
         if not labels:
-            if self._geometry is None:
-                raise InputError("the first frame's mask is empty (all background); it must hold at "
-                                 "least one object (labels 1..max_objects)")
-            return None, []
-        return mask, labels
+            if first:
+                what = "only background and void (255)" if has_void else "all background"
+                raise InputError(f"the first frame's mask is empty ({what}); it must hold at least one object "
+                                 f"(labels 1..{limit})" + (f"; {binary}" if has_void else ""))
+            return None, [], False
+        if has_void and first:                                  # void on the first frame = background
+            mask = np.where(mask == void, np.uint8(0), mask)
+            has_void = False
+        return mask, labels, bool(has_void)

@@ -272,7 +272,7 @@ def _run_sdk(export, frames, mask, monkeypatch, **kwargs):
     ("stcn", "schoolgirls", 4, {}),
     ("rde", "blackswan", 8, {}),
     ("qdmn", "blackswan", 7, {}),
-    ("qdmn", "schoolgirls", 6, {"interval": 1, "sigma": -1.0, "beta": 1}),     # the authors' eviction, twice
+    ("qdmn", "schoolgirls", 6, {"interval": 1, "sigma": 0.0, "beta": 1}),      # the authors' eviction, twice
 ])
 def test_sdk_reproduces_the_authors_loop_on_real_frames(arch, clip, n, kwargs, exports, checkpoints, monkeypatch):
     frames, mask = _clip(clip, n, max_label=3)

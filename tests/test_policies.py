@@ -77,15 +77,15 @@ def test_make_policy_defaults_and_params():
     assert isinstance(make_policy("every_k"), EveryK) and make_policy("every_k").k == 5
     assert make_policy("every_k", k=3, max_frames=4).capacity() == 4
     assert isinstance(make_policy("first_latest"), FirstLatest)
-    assert set(POLICIES) == {"every_k", "first_latest", "qdmn", "lfu", "qpm", "rde"}
+    assert set(POLICIES) == {"every_k", "first_latest", "qdmn", "lfu", "qpm", "rde", "xmem", "sam2_window"}
     gated = make_policy("every_k", k=3, quality_gate=0.8)
     assert isinstance(gated, QualityGate) and gated.inner.k == 3 and gated.sigma == 0.8
     assert gated.name == "every_k" and gated.requires == ("qam",) and gated.growable
 
 
 def test_make_policy_errors_name_what_is_accepted():
-    with pytest.raises(InputError, match="every_k, first_latest, qdmn, lfu, qpm, rde"):
-        make_policy("xmem")
+    with pytest.raises(InputError, match="every_k, first_latest, qdmn, lfu, qpm, rde, xmem, sam2_window"):
+        make_policy("cutie")
     with pytest.raises(InputError, match="takes: k, max_frames, initial_slots, quality_gate"):
         make_policy("every_k", sigma=0.8)
     with pytest.raises(InputError, match="takes: quality_gate"):

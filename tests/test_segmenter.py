@@ -168,7 +168,7 @@ def test_objects_introduced_mid_video(seg_factory, square_clip):
 
 def test_resolution_options(seg_factory, square_clip):
     frames, masks = square_clip(2)
-    for resolution, padded in [("manifest", (64, 96)), (None, (96, 128)), (40, (48, 64))]:
+    for resolution, padded in [("manifest", (64, 96)), (None, (96, 128)), (80, (80, 112))]:
         seg = seg_factory(resolution=resolution)
         outs, _ = run(seg, frames, masks)
         assert outs[1].shape == (96, 128)
@@ -221,7 +221,7 @@ def test_input_errors(seg_factory, square_clip):
 
 def test_constructor_errors(tiny_export):
     with pytest.raises(InputError, match="every_k, first_latest, qdmn, lfu, qpm, rde"):
-        Segmenter(tiny_export, method="xmem", providers="cpu")
+        Segmenter(tiny_export, method="cutie", providers="cpu")
     with pytest.raises(InputError, match="takes: k, max_frames"):
         Segmenter(tiny_export, providers="cpu", sigma=0.8)
     with pytest.raises(InputError, match="resolution"):
