@@ -18,10 +18,11 @@ from benchmarks.common import machine_info
 # --- process measurements -----------------------------------------------------------------------
 
 
-def proc_status_bytes(field: str) -> int | None:
-    """A kB field of /proc/self/status (VmRSS, VmHWM) in bytes; None off Linux."""
+def proc_status_bytes(field: str, pid: int | str = "self") -> int | None:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM) in bytes, of this process by default;
+    None off Linux or once that process has exited."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024

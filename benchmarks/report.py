@@ -92,13 +92,7 @@ def plot(results: Sequence[dict], out: str | Path, title: str = "") -> list[Path
             a.legend(fontsize=8)
         if not isinstance(ax, (list, tuple)):
             ax.set_ylabel(ylabel)
-        if title:
-            fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        path = out / name
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return _save(fig, out / name, title)
 
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -175,10 +169,16 @@ def plot_soak(results: Sequence[dict], out: str | Path, title: str = "") -> Path
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     latency.set_ylim(bottom=0)
+    return _save(fig, out / SOAK_PLOT, title)
+
+
+def _save(fig, path: Path, title: str) -> Path:
+    """Give `fig` its `title`, lay it out, write it to `path` (PNG, 120 dpi) and close it → path."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = out / SOAK_PLOT
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -64,9 +64,11 @@ class _Scores:
             for obj in np.unique(g).tolist():
                 if obj not in (0, VOID):
                     holders.setdefault(obj, []).append(i)
-        self.first = {obj: int(np.argmax(np.isin(self.order, frames))) for obj, frames in sorted(holders.items())
-                      if np.isin(self.order, frames).any()}
-        self.first = {obj: t0 for obj, t0 in self.first.items() if t0 + 1 < self.last}
+        self.first = {}                                  # object → first played frame holding it
+        for obj, frames in sorted(holders.items()):
+            played = np.flatnonzero(np.isin(self.order, frames))
+            if played.size and played[0] + 1 < self.last:
+                self.first[obj] = int(played[0])
         self.values = {obj: np.full((2, len(order)), np.nan) for obj in self.first}
 
     def add(self, t: int, pred: np.ndarray) -> None:

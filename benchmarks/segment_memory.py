@@ -22,20 +22,9 @@ import click
 import numpy as np
 
 from benchmarks.common import machine_info
+from benchmarks.machine import proc_status_bytes
 from sdk.demo import make_clip
 from sdk.io import OverlayWriter
-
-
-def _rss(pid: int) -> int | None:
-    """VmRSS of process `pid` in bytes (None once it has exited)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def write_video(path: Path, frames: int, height: int, width: int) -> np.ndarray:
@@ -71,7 +60,7 @@ def main(frames, size, method, resolution, every, json_path):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         samples = {"seconds": [], "masks": [], "rss_bytes": []}
         while proc.poll() is None:
-            rss = _rss(proc.pid)
+            rss = proc_status_bytes("VmRSS", proc.pid)
             masks = sum(1 for _ in (tmp / "out").glob("*.png")) if (tmp / "out").is_dir() else 0
             if rss is not None:
                 samples["seconds"].append(round(time.monotonic() - start, 2))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .policies import Consolidate, Write
+from .policy_protocol import Consolidate, Write
 
 _MOVE_FLOATS = 1 << 20   # floats per block moved when a growable bank lengthens its rows (4 MiB temporaries)
 

@@ -9,8 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from ctrl_c import interrupt
 from fake_segmenter import CopyFirstSegmenter
 from PIL import Image
 
@@ -453,24 +452,11 @@ def test_sigint_stops_a_real_run_with_a_partial_json(tmp_path):
     cmd = [sys.executable, "-c", "from benchmarks.bench import main; main()", "--data", tmp_path / "data",
            "--sequence", "clip", "--methods", "first_latest", "--lengths", "1,5000", "--resolution", "native",
            "--providers", "cpu", "--no-reference", "--warmup", "0", "--no-balance", "--json", out]
-    # SIG_DFL: a test run started in the background (`nohup … &`) ignores SIGINT, and a Python
-    # started with SIGINT ignored keeps ignoring it — as a shell user could not Ctrl-C it either
-    proc = subprocess.Popen([str(c) for c in cmd], start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.is_file() and json.loads(out.read_text())["results"]:
-                break
-            time.sleep(0.2)
-        time.sleep(2)                                    # well into the 50 000-frame run
-        os.killpg(proc.pid, signal.SIGINT)               # what Ctrl-C in a terminal does
-        output = proc.communicate(timeout=60)[0].decode()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, output
+    def started() -> bool:
+        return out.is_file() and bool(json.loads(out.read_text())["results"])
+
+    returncode, output = interrupt(cmd, started, settle_s=2)       # well into the 50 000-frame run
+    assert returncode == 130, output
     report = json.loads(out.read_text())
     check_schema(report)
     assert report["interrupted"] and [r["length"] for r in report["results"]] == [1]

@@ -2,16 +2,13 @@
 bad frames stop with what was written kept or are skipped and listed, counts are files written."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from ctrl_c import interrupt
 from fake_segmenter import CopyFirstSegmenter
 from PIL import Image
 
@@ -21,7 +18,6 @@ from sdk.io import read_mask, write_mask
 from sdk.manifest import DEFAULT_MODEL_DIR
 from sdk.outputs import RECORD, recorded_files
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -162,20 +158,8 @@ def test_ctrl_c_exits_130_with_every_written_mask_intact(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "from sdk.cli import main; main()", "--frames", frames, "--mask", mask,
            "--out", out, "--providers", "cpu", "--resolution", "120"]
-    proc = subprocess.Popen([str(c) for c in cmd], start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, cwd=ROOT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and len(recorded_files(out) or []) < 5:
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()[0].decode()     # still running: stop it
-        os.killpg(proc.pid, signal.SIGINT)                  # what Ctrl-C in a terminal does
-        output = proc.communicate(timeout=60)[0].decode()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, output
+    returncode, output = interrupt(cmd, lambda: len(recorded_files(out) or []) >= 5)
+    assert returncode == 130, output
     assert "Traceback" not in output and "interrupted" in output
     written = recorded_files(out)
     assert 5 <= len(written) < 400
