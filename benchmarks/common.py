@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from benchmarks.metrics import prompts  # noqa: F401  (re-exported: vos-eval, vos-bench)
 from sdk.io import read_mask
+from sdk.metrics import prompts  # noqa: F401  (re-exported: vos-eval, vos-bench)
 
 
 def read_ground_truth(annotations: Path, names: Iterable[str]) -> list[np.ndarray]:

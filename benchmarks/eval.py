@@ -9,7 +9,7 @@ import click
 from tqdm import tqdm
 
 from benchmarks.common import machine_info, play, prompts, read_ground_truth
-from benchmarks.metrics import evaluate_sequence, summarize
+from sdk.metrics import evaluate_sequence, summarize
 from sdk import cli
 from sdk.davis import davis_sequence_dirs, read_split
 from sdk.io import iter_frames, list_frames, write_mask

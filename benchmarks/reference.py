@@ -136,7 +136,7 @@ def reference_run(segmenter, checkpoints, frames, masks, gt, order, warmup: int,
     import onnxruntime
     import torch
 
-    from benchmarks.metrics import evaluate_sequence, summarize
+    from sdk.metrics import evaluate_sequence, summarize
 
     manifest = segmenter.manifest
     geo = Geometry.for_frame(*frames[order[0]].shape[:2], segmenter.resolution, manifest.stride)

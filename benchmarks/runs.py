@@ -23,11 +23,11 @@ from benchmarks.machine import (
     proc_status_bytes,
     reset_peak_rss,
 )
-from benchmarks.metrics import VOID, boundary_measure, region_similarity, summarize
 from benchmarks.playback import load_sequence, make_order, played_prompts
 from sdk import cli
 from sdk.errors import ManifestError, VosEdgeError
 from sdk.manifest import MANIFEST_FILE, resolve_model, sha256_file
+from sdk.metrics import VOID, boundary_measure, region_similarity, summarize
 
 WARMUP_FRAMES = 5
 WINDOW = 0.1            # first/last fraction of the measured frames compared in "windows"
@@ -54,7 +54,7 @@ SAMPLE_EVERY = 1000     # frames between two samples of RSS, bank bytes and late
 class _Scores:
     """Per-object J and F of a played video, written into arrays allocated up front (a
     100 000-frame stream holds no growing lists). Objects and the frames they are scored on
-    follow :func:`benchmarks.metrics.evaluate_sequence`: after the frame where an object first
+    follow :func:`sdk.metrics.evaluate_sequence`: after the frame where an object first
     appears in the played order, up to, not including, the last frame."""
 
     def __init__(self, gt: Sequence[np.ndarray], order: Sequence[int]):

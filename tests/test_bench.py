@@ -23,7 +23,7 @@ from PIL import Image
 import sdk
 from benchmarks import bench, machine, playback, runs
 from benchmarks.report import PLOTS, markdown_table, p50_change
-from benchmarks.metrics import evaluate_sequence, summarize
+from sdk.metrics import evaluate_sequence, summarize
 from sdk import cli
 from sdk.demo import make_clip
 from sdk.io import write_mask

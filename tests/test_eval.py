@@ -13,10 +13,10 @@ from PIL import Image
 
 from benchmarks import eval as vos_eval
 from benchmarks.common import prompts
-from benchmarks.metrics import evaluate_sequence, summarize
 from sdk import cli
 from sdk.demo import make_clip
 from sdk.io import read_mask, write_mask
+from sdk.metrics import evaluate_sequence, summarize
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

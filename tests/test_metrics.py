@@ -1,11 +1,11 @@
-"""benchmarks.metrics: DAVIS J and F on synthetic masks with answers worked out by hand."""
+"""sdk.metrics: DAVIS J and F on synthetic masks with answers worked out by hand."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis.extra.numpy import arrays
 
-from benchmarks.metrics import (
+from sdk.metrics import (
     boundary_map,
     boundary_measure,
     boundary_tolerance,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from sdk.metrics import prompts
 from training.datasets import Sequence
 from training.networks import build_network
 from training.plots import moving_average, plot_history, read_jsonl
 from training.static import StaticPseudoVideoDataset
-from benchmarks.metrics import prompts
 from training.validate import heldin_jf, segment_sequence
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -137,7 +137,7 @@ def test_static_items_feed_the_training_forward():
     from training.objectives import clip_losses
 
     ds = StaticPseudoVideoDataset([squares_sequence()], crop=64, mean=LITE_MEAN, std=LITE_STD)
-    ds.max_skip = 10                       # train.py sets it every iteration; ignored here
+    ds.max_skip = 10                       # the ClipDataset interface; ignored here
     batch = [ds[i] for i in range(2)]
     frames, masks, others = (torch.from_numpy(np.stack([b[k] for b in batch])) for k in ("frames", "masks", "others"))
     net = training_mode_network()

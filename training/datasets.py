@@ -7,19 +7,23 @@ the object id (0 = background, 255 = void).
 
 Clip sampling follows STCN/MiVOS main training: ``num_frames`` ordered frames, consecutive
 gaps of at most ``max_skip`` frames (a schedule grows it during training), time randomly
-reversed, one target object present in the first frame; augmentation = one random scale/crop/
-flip and colour jitter per clip plus a small per-frame affine.
+reversed, the trained objects present in the first frame (one, or up to ``objects`` with
+multi-object synthesis, :mod:`training.synthesis`); augmentation (:mod:`training.augment`) =
+one random scale/crop/flip and colour jitter per clip plus a small per-frame affine, image and
+mask with the same constant border.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
 from sdk.davis import davis_sequence_dirs, read_split
 from sdk.io import iter_frames, read_mask
+
+from .augment import jitter_colour, warp_clip
+from .synthesis import REST, Source, Synthesis, paste
 
 
 @dataclass
@@ -49,26 +53,41 @@ def load_sequences(root, split: str) -> list[Sequence]:
 
 
 class ClipDataset(Dataset):
-    """Random 3-frame clips (STCN recipe) from in-memory sequences.
+    """Random T-frame clips (STCN recipe) from in-memory sequences, 1..N objects each.
 
-    ``__getitem__`` → dict of float32 arrays: ``frames`` [T,3,S,S] normalised with
-    ``mean``/``std``, ``masks`` [T,1,S,S] target object ∈ {0,1}, ``others`` [T,1,S,S] union of
-    the other objects. ``max_skip`` may be changed between epochs (curriculum).
+    Args:
+        sequences: :class:`Sequence` list (:func:`load_sequences`).
+        crop: output side S in px; num_frames: T; max_skip: largest gap between consecutive
+            frames (may be changed between items: the curriculum), unless ``skip_schedule``
+            (a picklable callable item → max_skip, for DataLoader workers) is given.
+        mean, std: normalisation (as ``net.config``), in [0,1] units.
+        scale: the base clip's zoom range; length: ``len(dataset)``; seed: items are
+            deterministic per (seed, item).
+        synthesis: :class:`training.synthesis.Synthesis` (or its fields as a dict); default
+            one object per clip.
+
+    ``__getitem__`` → dict of float32 arrays: ``frames`` [T,3,S,S] normalised, ``masks``
+    [T,N,S,S] ∈ {0,1} the N = ``synthesis.objects`` trained objects (disjoint; an unused slot
+    is all 0), ``others`` [T,1,S,S] ∈ {0,1} the union of the clip's other (untrained) objects,
+    ``valid`` [N] 1 for the slots that hold an object (STCN's ``selector``).
+    Raises ValueError for bad synthesis options.
     """
 
     def __init__(self, sequences, crop=224, num_frames=3, max_skip=5, mean=(0.5,) * 3,
-                 std=(0.5,) * 3, scale=(0.9, 1.8), length=100_000, seed=0):
+                 std=(0.5,) * 3, scale=(0.9, 1.8), length=100_000, seed=0, synthesis=None, skip_schedule=None):
         self.seqs = sequences
         self.crop, self.num_frames, self.max_skip = crop, num_frames, max_skip
         self.mean = np.asarray(mean, np.float32) * 255
         self.std = np.asarray(std, np.float32) * 255
         self.scale, self.length, self.seed = scale, length, seed
+        self.synthesis = synthesis if isinstance(synthesis, Synthesis) else Synthesis(**(synthesis or {}))
+        self.skip_schedule = skip_schedule
 
     def __len__(self):
         return self.length
 
-    def _frame_indices(self, rng, n):
-        skip = min(self.max_skip, max(1, (n - 1) // (self.num_frames - 1)))
+    def _frame_indices(self, rng, n, max_skip):
+        skip = min(max_skip, max(1, (n - 1) // (self.num_frames - 1)))
         idx = [int(rng.integers(0, n))]
         for _ in range(self.num_frames - 1):
             idx.append(idx[-1] + int(rng.integers(1, skip + 1)))
@@ -76,47 +95,68 @@ class ClipDataset(Dataset):
         idx = [i - shift for i in idx]
         return idx[::-1] if rng.random() < 0.5 else idx
 
-    def __getitem__(self, item):
+    def _present(self, labels0) -> list[int]:
+        counts = np.bincount(labels0.ravel(), minlength=256)
+        counts[[0, 255]] = 0
+        return np.flatnonzero(counts >= self.synthesis.min_pixels).tolist()
+
+    def sample(self, item) -> tuple[list[np.ndarray], np.ndarray, list[Source]]:
+        """The clip of ``item`` before normalisation → (frames: T float32 [S,S,3] RGB in
+        0..255, canvas: uint8 [T,S,S] label slots as :mod:`training.synthesis`, sources: one
+        :class:`~training.synthesis.Source` per used slot)."""
+        syn = self.synthesis
         rng = np.random.default_rng((self.seed, item))
+        max_skip = self.skip_schedule(item) if self.skip_schedule else self.max_skip
+        fill = self.mean
+        present = []
         for _ in range(20):
-            seq = self.seqs[int(rng.integers(len(self.seqs)))]
-            idx = self._frame_indices(rng, len(seq.frames))
-            frames, labels = self._augment(rng, [seq.frames[i] for i in idx], [seq.masks[i] for i in idx])
-            present = [o for o in np.unique(labels[0]) if o not in (0, 255)
-                       and (labels[0] == o).sum() >= 100]
+            s = int(rng.integers(len(self.seqs)))
+            seq = self.seqs[s]
+            idx = self._frame_indices(rng, len(seq.frames), max_skip)
+            frames, labels = warp_clip(rng, [seq.frames[i] for i in idx], [seq.masks[i] for i in idx],
+                                       self.crop, self.scale, fill)
+            present = self._present(labels[0])
             if present:
                 break
-        target = present[int(rng.integers(len(present)))] if present else 1
+        count = syn.count(rng)
+        chosen = [present[i] for i in rng.permutation(len(present))[:count]]
         labels = np.stack(labels)
-        masks = (labels == target).astype(np.float32)[:, None]
-        others = ((labels != target) & (labels != 0) & (labels != 255)).astype(np.float32)[:, None]
-        x = (np.stack(frames).astype(np.float32) - self.mean) / self.std
-        return {"frames": x.transpose(0, 3, 1, 2).copy(), "masks": masks, "others": others}
+        canvas = np.where((labels != 0) & (labels != 255), REST, 0).astype(np.uint8)
+        for slot, obj in enumerate(chosen, 1):
+            canvas[labels == obj] = slot
+        sources = [Source("clip", s, obj) for obj in chosen]
+        while len(sources) < count:
+            for _ in range(syn.tries):
+                if sources and rng.random() < syn.duplicate_prob:
+                    copied = sources[int(rng.integers(len(sources)))]
+                    d, obj = copied.sequence, copied.object
+                    donor = self.seqs[d]
+                    idx = self._frame_indices(rng, len(donor.frames), max_skip)
+                    if not (donor.masks[idx[0]] == obj).any():
+                        continue
+                else:
+                    d = int(rng.integers(len(self.seqs)))
+                    donor = self.seqs[d]
+                    idx = self._frame_indices(rng, len(donor.frames), max_skip)
+                    candidates = self._present(donor.masks[idx[0]])
+                    if not candidates:
+                        continue
+                    obj = candidates[int(rng.integers(len(candidates)))]
+                if paste(rng, frames, canvas, len(sources) + 1, [donor.frames[i] for i in idx],
+                         [donor.masks[i] for i in idx], obj, syn.zoom, fill, syn.min_pixels):
+                    kind = "duplicate" if any((x.sequence, x.object) == (d, obj) for x in sources) else "pasted"
+                    sources.append(Source(kind, d, obj))
+                    break
+            else:
+                break           # no paste fitted: the clip keeps fewer objects
+        return jitter_colour(rng, frames), canvas, sources
 
-    def _augment(self, rng, frames, masks):
-        s = self.crop
-        h, w = frames[0].shape[:2]
-        f = max(rng.uniform(*self.scale), s / h, s / w)    # clip-level zoom, crop must fit
-        x0, y0 = rng.uniform(0, w * f - s), rng.uniform(0, h * f - s)
-        flip = rng.random() < 0.5
-        jitter = 1 + rng.uniform(-0.1, 0.1, 3)            # brightness, contrast, saturation
-        gray = rng.random() < 0.05
-        out_f, out_m = [], []
-        for img, m in zip(frames, masks):
-            # per-frame small affine about the image centre, then the clip's zoom and crop
-            a = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-10, 10), rng.uniform(0.95, 1.05))
-            a[:, 2] += rng.uniform(-0.04, 0.04, 2) * s
-            a = a * f
-            a[:, 2] -= (x0, y0)
-            im = cv2.warpAffine(img, a, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-            mk = cv2.warpAffine(m, a, (s, s), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
-            if flip:
-                im, mk = im[:, ::-1], mk[:, ::-1]
-            im = im.astype(np.float32)
-            mean = im.mean()
-            im = (im * jitter[0] - mean) * jitter[1] + mean
-            g = im.mean(2, keepdims=True)
-            im = g + (im - g) * (0 if gray else jitter[2])
-            out_f.append(np.clip(im * rng.uniform(0.98, 1.02), 0, 255))
-            out_m.append(np.ascontiguousarray(mk))
-        return out_f, out_m
+    def __getitem__(self, item):
+        frames, canvas, sources = self.sample(item)
+        n = self.synthesis.objects
+        masks = (canvas[:, None] == np.arange(1, n + 1, dtype=np.uint8)[None, :, None, None]).astype(np.float32)
+        others = (canvas == REST).astype(np.float32)[:, None]
+        valid = (np.arange(n) < len(sources)).astype(np.float32)
+        x = (np.stack(frames) - self.mean) / self.std
+        return {"frames": x.transpose(0, 3, 1, 2).astype(np.float32), "masks": masks, "others": others,
+                "valid": valid}

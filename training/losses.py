@@ -26,3 +26,17 @@ def bootstrapped_bce(logits: torch.Tensor, target: torch.Tensor, fraction: float
         return loss.mean()
     k = max(1, int(loss.shape[1] * fraction))
     return loss.topk(k, dim=1, sorted=False).values.mean()
+
+
+def bootstrapped_ce(logits: torch.Tensor, labels: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Bootstrapped cross-entropy over classes: mean over the ``fraction`` of pixels with the
+    highest loss, per sample (MiVOS / STCN ``BootstrappedCE`` on the soft-aggregated logits of
+    N objects + background, STCN's multi-object main training).
+
+    logits float32 [B,C,H,W], labels int64 [B,H,W] in 0..C−1 → scalar.
+    """
+    loss = F.cross_entropy(logits, labels, reduction="none").flatten(1)
+    if fraction >= 1.0:
+        return loss.mean()
+    k = max(1, int(loss.shape[1] * fraction))
+    return loss.topk(k, dim=1, sorted=False).values.mean()

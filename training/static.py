@@ -12,9 +12,10 @@ what the warp exposes outside the image is filled with the normalisation mean co
 normalisation) in the image and background (0) in the mask, so a pixel of the object is never
 left unlabelled.
 
-Items have the format of :class:`training.datasets.ClipDataset` and are deterministic per
-(seed, item), so the dataset drops into the main training loop unchanged (``max_skip`` is
-accepted and ignored: every frame comes from the same image).
+Items have the format of a single-object :class:`training.datasets.ClipDataset` (without its
+``valid``: one target per clip) and are deterministic per (seed, item), so the dataset drops
+into the main training loop unchanged (``max_skip`` is accepted and ignored: every frame
+comes from the same image).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ class StaticPseudoVideoDataset(Dataset):
         self.zoom, self.rotation, self.affine_scale = zoom, rotation, affine_scale
         self.shear, self.translate, self.grayscale = shear, translate, grayscale
         self.min_pixels = min_pixels
-        self.max_skip = 0      # ClipDataset interface (train.py sets it); unused here
+        self.max_skip = 0      # ClipDataset interface; unused here
         self.images = [(s, f) for s, seq in enumerate(sequences) for f, m in enumerate(seq.masks)
                        if _largest_object(m) >= min_pixels]
         if not self.images:

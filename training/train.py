@@ -12,17 +12,19 @@ where it trains; ``amp`` runs the forward under bfloat16 autocast (mixed precisi
 scaling needed with bfloat16's float32 exponent range): default on for CUDA, off for the CPU
 (where ``amp: true`` also works, slower than float32 on most CPUs, for checking the path).
 Checkpoints ``last.safetensors``/``last.json`` (+ ``last.optim.pt``) every
-``checkpoint_every`` iterations; a run restarted on the same ``out`` folder resumes.
+``checkpoint_every`` iterations; a run restarted on the same ``out`` folder resumes
+(:mod:`training.run_folder`: the recipe must be the saved one). ``time_limit`` (seconds of
+wall time from the call) stops early with a checkpoint, so that fixed-time runs (a GPU lent
+for N minutes) chain through one run folder. ``objects`` > 1 trains multi-object clips
+(:mod:`training.synthesis`); ``workers`` > 0 builds batches in DataLoader processes.
 """
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -30,10 +32,13 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from .datasets import ClipDataset, load_sequences
 from .heads import METHOD_HEADS
+from .loader import SkipSchedule, iterate_batches
 from .losses import bootstrap_fraction
 from .networks import build_network
 from .objectives import clip_losses
+from .run_folder import ResumeError, recipe_differences, resolve_init, saved_config
 from .static import StaticPseudoVideoDataset
+from .synthesis import Synthesis
 
 log = logging.getLogger("vosedge.train")
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -56,7 +61,7 @@ def load_config(config: str) -> dict:
 
 def max_skip_at(cfg: dict, it: int) -> int:
     """Max-skip curriculum (STCN): ``skip_values[i]`` while it/iterations < skip_fractions[i]."""
-    return cfg["skip_values"][bisect.bisect_right(cfg["skip_fractions"], it / cfg["iterations"])]
+    return SkipSchedule(cfg, 1).at_iteration(it)
 
 
 def freeze(net, frozen_blocks: int, trainable: list[str] | None = None):
@@ -121,8 +126,17 @@ def network_config(cfg: dict, method: str | None = None):
 
 
 def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None = None,
-          progress: bool = True) -> Path:
-    """Train per ``cfg`` on the (root, split) pairs of ``data``; return the last checkpoint path."""
+          progress: bool = True, started: float | None = None) -> Path:
+    """Train per ``cfg`` on the (root, split) pairs of ``data``; return the last checkpoint path.
+
+    ``cfg["time_limit"]`` counts seconds of wall time from ``started`` (a ``time.time()``;
+    default: this call), e.g. the start of the vos-train process.
+
+    Raises ConfigError (before anything is written) for options that cannot run here — no
+    CUDA for ``device: cuda``, a bad ``dataset``/``objects``/``synthesis``/``time_limit``/
+    ``workers``, or an ``out`` folder whose run was started with another recipe.
+    """
+    began = time.time() if started is None else started
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -132,9 +146,31 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     kind = cfg.get("dataset", "clips")
     if kind not in ("clips", "static"):
         raise ConfigError(f"config dataset must be 'clips' or 'static', got {kind!r}")
+    try:
+        synthesis = Synthesis.from_config(cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config objects/synthesis: {e}") from None
+    if kind == "static" and synthesis.objects > 1:
+        raise ConfigError("objects > 1 (multi-object synthesis) needs dataset: clips, not static")
+    time_limit = cfg.get("time_limit")
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                   or time_limit <= 0):
+        raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    workers = cfg.get("workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be an integer ≥ 0, got {workers!r}")
+    cfg = {**cfg, "data": [{"root": str(root), "split": split} for root, split in data]}
+    last = out / "last.safetensors"
+    if last.exists():
+        try:
+            differ = recipe_differences(cfg, saved_config(out))
+        except ResumeError as e:
+            raise ConfigError(str(e)) from None
+        if differ:
+            raise ConfigError(f"{out} holds a run started with another recipe ({', '.join(differ)} differ); "
+                              f"resume it with vos-train --resume {out}, or train into a new --out")
     torch.manual_seed(cfg["seed"])
     out.mkdir(parents=True, exist_ok=True)
-    last = out / "last.safetensors"
     start = 0
     if last.exists():
         net, meta = load_checkpoint(last)
@@ -143,7 +179,7 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     else:
         net = build_network(cfg["network"], pretrained=True)
         if cfg.get("init"):
-            load_weights_into(net, cfg["init"], fresh=cfg.get("init_fresh", ()))
+            load_weights_into(net, resolve_init(cfg["init"]), fresh=cfg.get("init_fresh", ()))
             log.info("initialised from %s (new heads: %s)", cfg["init"], ", ".join(net.heads) or "none")
     net.to(device)
     amp = bool(cfg.get("amp", device.type == "cuda"))
@@ -152,13 +188,14 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     opt = make_optimizer(net, cfg)
     optim_path = out / "last.optim.pt"
     if start and optim_path.exists():
-        opt.load_state_dict(torch.load(optim_path, weights_only=True))
+        opt.load_state_dict(torch.load(optim_path, weights_only=True, map_location=device))
 
     seqs = [s for root, split in data for s in load_sequences(root, split)]
     common = dict(crop=cfg["crop"], num_frames=cfg["num_frames"], mean=net.config["mean"], std=net.config["std"],
                   length=cfg["iterations"] * cfg["batch_size"], seed=cfg["seed"])
+    schedule = SkipSchedule(cfg, cfg["batch_size"])
     ds = (StaticPseudoVideoDataset(seqs, **common, **cfg.get("static", {})) if kind == "static"
-          else ClipDataset(seqs, **common))
+          else ClipDataset(seqs, **common, synthesis=synthesis, skip_schedule=schedule))
     bs = cfg["batch_size"]
     boot = cfg["bootstrap"]
     history = []
@@ -167,31 +204,34 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     freeze(net, cfg["frozen_blocks"], cfg.get("trainable"))  # BN back to eval after .train()
     bar = tqdm(range(start, cfg["iterations"]), initial=start, total=cfg["iterations"],
                desc="vos-train", disable=not progress, dynamic_ncols=True)
+    batches = iterate_batches(ds, bs, start, cfg["iterations"], workers, pin_memory=device.type == "cuda")
     t0 = time.time()
     prior_prob = cfg.get("prior_prob", 0.5) if "prior" in net.heads else 0.0
-    for it in bar:
-        ds.max_skip = max_skip_at(cfg, it)
-        batch = [ds[it * bs + j] for j in range(bs)]
-        frames, masks, others = (torch.from_numpy(np.stack([b[k] for b in batch])).to(device)
-                                 for k in ("frames", "masks", "others"))
+    for it, batch in zip(bar, batches):
+        frames, masks, others = (batch[k].to(device, non_blocking=True) for k in ("frames", "masks", "others"))
+        valid = batch["valid"].to(device) if "valid" in batch else None
         frac = bootstrap_fraction(it, int(boot["warm_start"] * cfg["iterations"]),
                                   int(boot["warm_end"] * cfg["iterations"]), boot["top_p"])
         gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + it)
         use_prior = bool(torch.rand(1, generator=gen) < prior_prob)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             losses = clip_losses(net, frames, masks, others, frac, use_prior=use_prior, generator=gen,
-                                 norm_weight=cfg.get("rde_norm_weight", 0.0))
+                                 norm_weight=cfg.get("rde_norm_weight", 0.0), valid=valid)
         loss = losses["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group, base in zip(opt.param_groups, base_lrs(cfg)):
             group["lr"] = base * lr_factor(cfg, it)
         opt.step()
+        skip = schedule.at_iteration(it)
+        objects = float(valid.sum(1).mean()) if valid is not None else float(masks.shape[2])
         record = {"iteration": it + 1, **{k: float(v.detach()) for k, v in losses.items()},
-                  "max_skip": ds.max_skip, "bootstrap": frac, "prior": use_prior, "seconds": time.time() - t0}
+                  "max_skip": skip, "objects": objects, "bootstrap": frac, "prior": use_prior,
+                  "seconds": time.time() - t0}
         history.append(record)
-        bar.set_postfix(loss=f"{loss.item():.3f}", iou=f"{record['iou']:.2f}", skip=ds.max_skip)
-        if (it + 1) % cfg["checkpoint_every"] == 0 or it + 1 == cfg["iterations"]:
+        bar.set_postfix(loss=f"{loss.item():.3f}", iou=f"{record['iou']:.2f}", skip=skip)
+        stop = time_limit is not None and time.time() - began >= time_limit
+        if (it + 1) % cfg["checkpoint_every"] == 0 or it + 1 == cfg["iterations"] or stop:
             save_checkpoint(last, net, {"iteration": it + 1, "train_config": cfg})
             torch.save(opt.state_dict(), optim_path)
             with hist_path.open("a") as fh:
@@ -200,6 +240,12 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
             if cfg.get("val_every") and ((it + 1) % cfg["val_every"] == 0 or it + 1 == cfg["iterations"]):
                 validate(net, cfg, out, it + 1)
             report_curves(out)
+        if stop:
+            log.info("time limit %.0f s reached at iteration %d of %d: checkpoint written, the same command "
+                     "(or vos-train --resume %s) continues", time_limit, it + 1, cfg["iterations"], out)
+            break
+    batches.close()                 # DataLoader workers end here, also after a time-limit stop
+    bar.close()
     if cfg.get("publish"):      # the stage's result as fp16 weights (e.g. the bundled model)
         _, meta = load_checkpoint(last)
         save_checkpoint(cfg["publish"], net, meta["state"], half=True)

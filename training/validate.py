@@ -7,7 +7,7 @@ with the torch parts in place of the ONNX graphs, and shares its pre- and post-p
 (:class:`~sdk.ops.Geometry`); memory = the first frame (its ground truth) + every ``every``-th
 frame + every frame where an object is first given; top-k readout; decoder; sigmoid; soft
 aggregation; crop and bilinear resize back; argmax. Scores follow the DAVIS 2017
-semi-supervised protocol of ``vos-eval`` (:mod:`benchmarks.metrics`): an object is given on
+semi-supervised protocol of ``vos-eval`` (:mod:`sdk.metrics`): an object is given on
 its first ground-truth frame and scored on the later frames but the last; means over objects.
 
 "Held-in": the DAVIS 2016 val sequences in ``../shared/data`` are the ones used for model
@@ -23,9 +23,9 @@ from time import perf_counter
 import numpy as np
 import torch
 
-from benchmarks.metrics import VOID, evaluate_sequence, prompts, summarize
 from sdk.davis import davis_sequence_dirs, read_split
 from sdk.io import iter_frames, list_frames, read_mask
+from sdk.metrics import VOID, evaluate_sequence, prompts, summarize
 from sdk.ops import Geometry, channel_argmax, merge_given, sigmoid, soft_aggregate
 
 

@@ -2,6 +2,12 @@
 
 Perazzi et al., CVPR 2016 (J, F); Pont-Tuset et al., 2017 (multi-object protocol). Values are
 fractions in [0,1]; reports multiply by 100.
+
+Lives in the sdk (NumPy + OpenCV only, no torch, not imported by ``sdk/__init__``) because
+both sides score with it: ``training/validate.py`` (held-in J&F during training) and
+``benchmarks/`` (vos-eval, vos-bench). ``benchmarks`` already imports ``training`` (the torch
+reference of vos-bench), so the metric inside ``benchmarks`` made the two packages import
+each other; both depend on ``sdk`` anyway, as for the DAVIS layout (:mod:`sdk.davis`).
 """
 
 from __future__ import annotations
