@@ -190,9 +190,12 @@ def test_manifest_records_the_authors_inference(arch, exports, checkpoints):
 
 
 # -- every policy the graphs allow ---------------------------------------------------------------
-POLICIES = [(arch, m, {}) for arch in ARCHS for m in ("every_k", "first_latest", "lfu")]
+POLICIES = [(arch, m, {}) for arch in ARCHS for m in ("every_k", "first_latest", "lfu", "xmem", "sam2_window")]
 POLICIES += [("rde", "rde", {}), ("qdmn", "qdmn", {}), ("qdmn", "qpm", {}), ("qdmn", "every_k", {"quality_gate": 0.5}),
              ("stcn", "every_k", {"temporary_memory": True})]
+# XMem consolidating within the 8 frames (working memory of 2..3 frames, a write every frame)
+POLICIES += [(arch, "xmem", {"k": 1, "min_frames": 2, "max_frames": 3, "num_prototypes": 16,
+                             "long_term_elements": 64}) for arch in ARCHS]
 
 
 @pytest.mark.parametrize("arch, method, params", POLICIES)
@@ -206,12 +209,15 @@ def test_every_policy_the_graphs_allow_runs(arch, method, params, exports, squar
     assert all(o.shape == (80, 120) and o.dtype == np.uint8 and set(np.unique(o)) <= {0, 1} for o in outs)
     assert np.array_equal(outs[0], masks[0])
     assert seg.geometry.left == 4 and seg.geometry.padded_w == 128          # symmetric padding
-    if method in ("first_latest", "lfu", "rde", "qdmn"):
+    if method in ("first_latest", "lfu", "rde", "qdmn", "xmem", "sam2_window"):
         assert len(set(sizes)) == 1, sizes                                   # bounded: constant bank
     if method == "every_k" and "quality_gate" not in params:
         assert seg.bank.memory_frames == [0, 5, 7] if seg.temporary_memory else [0, 5]
     if method == "rde":
         assert seg.bank.memory_frames == [0, 6]                             # folds at 3, 6; latest = 6
+    if method == "xmem" and params:             # consolidated: prototypes in the long-term memory
+        long_term = seg.bank.positions[len(seg.bank.positions) - seg.bank.features:]
+        assert len(long_term) == 64 and 16 <= np.count_nonzero(long_term >= 0) <= 64
     if seg.temporary_memory:                    # frame 7, written or not, is read by the next frame
         assert seg.bank.memory_frames[-1] == 7 and seg.bank.memory_frames[0] == 0
 
