@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -49,8 +48,9 @@ Examples:
             --json runs/bench.json --plots runs/plots --table runs/bench.md
   vos-bench --data ../shared/data/davis2016-240p --sequence cows --methods lfu \\
             --frames 10000 --json runs/soak.json                  # constant-memory soak
+  vos-export --from-export sdk/models/default --precision fp16 --out exports/lite-fp16
   vos-bench --data ../shared/data/davis2016-240p --sequence cows --lengths 1 \\
-            --precision fp16 --providers cuda,cpu --json runs/fp16.json
+            --model exports/lite-fp16 --providers cuda,cpu --json runs/fp16.json
 
 \b
 L = 1 is the sequence forward then backward (2T-2 frames for T frames), L = 10 that ten
@@ -151,10 +151,9 @@ def _methods(ctx, param, value: str | None) -> list[str]:
 @click.option("--providers", callback=cli.comma_list, metavar="LIST",
               help="ONNX Runtime providers in order of preference, e.g. 'cpu' or 'cuda,cpu'. "
                    "Default: CUDA if available, else CPU.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: run a float16 copy of the model (readout kept float32; needs onnxconverter-common).")
 @click.option("--model", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Export folder (manifest.json + ONNX graphs). Default: the bundled model.")
+              help="Export folder (manifest.json + ONNX graphs), of any precision (vos-export --precision "
+                   "fp16|int8; the JSON's precision is the manifest's). Default: the bundled model.")
 @click.option("--json", "json_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="Where the results go (JSON, rewritten after every run).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
@@ -186,7 +185,7 @@ def _methods(ctx, param, value: str | None) -> list[str]:
                    "machine drift weighs on every length alike. Default: on with --isolate. "
                    "--no-lockstep: one run after another.")
 @cli.param_option()
-def main(data, sequence, methods, lengths, stream_frames, resolution, providers, precision, model, json_path,
+def main(data, sequence, methods, lengths, stream_frames, resolution, providers, model, json_path,
          plots_dir, table_path, reference, checkpoint, warmup, repeats, balance, max_frames, isolate,
          lockstep_runs, params):
     """Benchmark memory policies on synthetic long videos: fps, latency p50/p90/p99, stage
@@ -214,36 +213,30 @@ def main(data, sequence, methods, lengths, stream_frames, resolution, providers,
         else:
             points = [(length * unit, ("length", length), length) for length in lengths or [1, 10, 20]]
         reference, checkpoints, why_not = _reference_plan(reference, checkpoint, manifest)
-        with tempfile.TemporaryDirectory(prefix="vosedge-bench-") as tmp:
-            run_model = model
-            if precision == "fp16":
-                from benchmarks.fp16 import convert_model
-
-                click.echo("converting the model to float16 …", err=True)
-                run_model = convert_model(manifest.root, Path(tmp) / "fp16")
-            manifest_sha256 = sha256_file(resolve_model(run_model).root / MANIFEST_FILE)
-            base = {"data": str(data), "sequence": sequence, "max_frames": max_frames, "size": size,
-                    "model": run_model and str(run_model), "resolution": resolution, "providers": providers,
-                    "warmup": warmup, "manifest_sha256": manifest_sha256, "params": params}
-            report = {
-                "format": FORMAT, "version": VERSION,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "command": shlex.join(["vos-bench", *sys.argv[1:]]) if Path(sys.argv[0]).name == "vos-bench" else None,
-                "machine": bench_machine([]),
-                "data": str(data), "sequence": sequence, "sequence_frames": count, "unit_frames": unit,
-                "input_size": list(size or native_size),
-                "model": str(model) if model else "bundled", "model_config": manifest.config,
-                "model_manifest_sha256": sha256_file(manifest.root / MANIFEST_FILE),
-                "precision": precision, "params": params,
-                "resolution": manifest.resolution if resolution == "manifest" else resolution or "native",
-                "mode": "stream" if stream_frames is not None else "lengths",
-                "warmup_frames": warmup, "repeats": repeats, "balance": balance,
-                "isolation": "process" if isolate else "none", "lockstep": lockstep_runs,
-                "complete": False, "interrupted": False,
-                "results": [], "reference": None if reference else {"skipped": why_not},
-            }
-            _bench(report, base, methods, points, reference, checkpoints, repeats, balance, isolate, lockstep_runs,
-                   json_path, plots_dir, table_path)
+        manifest_sha256 = sha256_file(resolve_model(model).root / MANIFEST_FILE)
+        base = {"data": str(data), "sequence": sequence, "max_frames": max_frames, "size": size,
+                "model": model and str(model), "resolution": resolution, "providers": providers,
+                "warmup": warmup, "manifest_sha256": manifest_sha256, "params": params}
+        report = {
+            "format": FORMAT, "version": VERSION,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["vos-bench", *sys.argv[1:]]) if Path(sys.argv[0]).name == "vos-bench" else None,
+            "machine": bench_machine([]),
+            "data": str(data), "sequence": sequence, "sequence_frames": count, "unit_frames": unit,
+            "input_size": list(size or native_size),
+            "model": str(model) if model else "bundled", "model_config": manifest.config,
+            "model_manifest_sha256": sha256_file(manifest.root / MANIFEST_FILE),
+            "precision": manifest.precision["dtype"], "precision_graphs": manifest.precision["graphs"],
+            "params": params,
+            "resolution": manifest.resolution if resolution == "manifest" else resolution or "native",
+            "mode": "stream" if stream_frames is not None else "lengths",
+            "warmup_frames": warmup, "repeats": repeats, "balance": balance,
+            "isolation": "process" if isolate else "none", "lockstep": lockstep_runs,
+            "complete": False, "interrupted": False,
+            "results": [], "reference": None if reference else {"skipped": why_not},
+        }
+        _bench(report, base, methods, points, reference, checkpoints, repeats, balance, isolate, lockstep_runs,
+               json_path, plots_dir, table_path)
 
 
 def _check_params(params: dict, methods: list[str]) -> None:

@@ -9,10 +9,10 @@ import click
 from tqdm import tqdm
 
 from benchmarks.common import machine_info, play, prompts, read_ground_truth
-from sdk.metrics import evaluate_sequence, summarize
 from sdk import cli
 from sdk.davis import davis_sequence_dirs, read_split
 from sdk.io import iter_frames, list_frames, write_mask
+from sdk.metrics import evaluate_sequence, summarize
 
 EXAMPLES = """\b
 Examples:
@@ -120,10 +120,20 @@ def _report(all_objects, per_sequence, total_frames, total_seconds, data, split,
         "method": segmenter.method,
         "params": params,
         "model": str(model) if model else "bundled",
+        "precision": _precision(segmenter, model)["dtype"],          # float32 | float16 | int8 (vos-export)
+        "precision_graphs": _precision(segmenter, model)["graphs"],
         "resolution": segmenter.resolution or "native",
         "machine": machine_info(segmenter.providers),
         "interrupted": False,
     }
+
+
+def _precision(segmenter, model) -> dict:
+    """The model's manifest ``precision`` ({"dtype", "graphs"}; float32 without one)."""
+    from sdk.manifest import resolve_model
+
+    manifest = getattr(segmenter, "manifest", None) or resolve_model(model)
+    return manifest.precision
 
 
 def _write(path: Path, report: dict) -> None:

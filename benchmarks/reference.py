@@ -141,7 +141,9 @@ def reference_run(segmenter, checkpoints, frames, masks, gt, order, warmup: int,
     manifest = segmenter.manifest
     geo = Geometry.for_frame(*frames[order[0]].shape[:2], segmenter.resolution, manifest.stride)
     image = geo.image(frames[order[0]], np.asarray(manifest.mean, np.float32), np.asarray(manifest.std, np.float32))
-    source = (manifest.raw.get("precision") or {}).get("source")   # a float16 copy: check the float32 original
+    # a float16/int8 export (vos-export --precision): check the float32 original when it is still there
+    source = ((manifest.raw.get("precision") or {}).get("source") or {}).get("path")
+    source = source if source and (Path(source) / "manifest.json").is_file() else None
     key_graph = load_manifest(source).graphs["key_encoder"] if source else manifest.graphs["key_encoder"]
     session = onnxruntime.InferenceSession(str(key_graph), providers=segmenter.providers)
     ort_key = session.run(None, {"image": image})[0]

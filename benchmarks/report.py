@@ -92,7 +92,7 @@ def plot(results: Sequence[dict], out: str | Path, title: str = "") -> list[Path
             a.legend(fontsize=8)
         if not isinstance(ax, (list, tuple)):
             ax.set_ylabel(ylabel)
-        return _save(fig, out / name, title)
+        return save_figure(fig, out / name, title)
 
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -169,10 +169,10 @@ def plot_soak(results: Sequence[dict], out: str | Path, title: str = "") -> Path
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     latency.set_ylim(bottom=0)
-    return _save(fig, out / SOAK_PLOT, title)
+    return save_figure(fig, out / SOAK_PLOT, title)
 
 
-def _save(fig, path: Path, title: str) -> Path:
+def save_figure(fig, path: Path, title: str) -> Path:
     """Give `fig` its `title`, lay it out, write it to `path` (PNG, 120 dpi) and close it → path."""
     import matplotlib.pyplot as plt
 

@@ -23,6 +23,8 @@ from sdk.ops import Geometry, one_hot
 from sdk.policies import POLICIES
 from sdk.runtime import Graphs
 
+from .errors import ParityError
+
 VOSEDGE_VERSION = "0.1.0"
 # paper defaults of every memory policy (sdk/policies.py cites the sources)
 POLICY_DEFAULTS = {"every_k": {"k": 5}, "first_latest": {}, "lfu": {"k": 5, "capacity_frames": 2},
@@ -98,10 +100,6 @@ def graph_specs(net: nn.Module) -> dict[str, tuple]:
 def graphs_of(net: nn.Module) -> list[str]:
     """Names of the graphs ``net`` exports: the four core ones + those of its heads."""
     return list(graph_specs(net))
-
-
-class ParityError(RuntimeError):
-    """The ONNX graphs disagree with the PyTorch network beyond the tolerances."""
 
 
 class _Part(nn.Module):

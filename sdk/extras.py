@@ -1,8 +1,8 @@
 """The optional extras of ``pyproject.toml``, and the one-line error that names a missing one.
 
 A runtime-only install (``pip install vosedge``) has neither extra: ``vos-export`` and
-``vos-train`` need ``[train]`` (PyTorch, ONNX, …), ``vos-bench --precision fp16`` needs
-``[bench]`` (onnx, onnxconverter-common). Presence is checked with
+``vos-train`` need ``[train]`` (PyTorch, ONNX, …), ``vos-export --from-export DIR
+--precision fp16|int8`` needs ``[bench]`` (onnx, onnxconverter-common). Presence is checked with
 :func:`importlib.util.find_spec`, which imports nothing.
 """
 from __future__ import annotations

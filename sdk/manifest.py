@@ -3,14 +3,15 @@
 The manifest is the only contract between ``export/`` and ``sdk/``: graph files and their
 sha256, strides, channel sizes, normalisation, default resolution, top-k, policy defaults and
 (version 2) the ``inference`` semantics of the network's authors (padding, memory keys,
-temporary memory, prior enhancement).
+temporary memory, prior enhancement); optionally the ``precision`` of the graphs (float16 /
+int8 exports of ``vos-export --precision``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
@@ -50,6 +51,11 @@ INFERENCE_FIELDS = {
     "qam_activation": (("sigmoid", "relu"), "sigmoid"),
 }
 
+# manifest["precision"] (optional; absent = every graph float32): precision.dtype and each
+# precision.graphs value must be one of these. Every graph keeps float32 inputs and outputs
+# whatever its precision, so the sdk runs them all alike.
+PRECISION_DTYPES = ("float32", "float16", "int8")
+
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
@@ -68,7 +74,11 @@ class Manifest:
     the manifest lists, to its absolute file path;
     ``mean``/``std`` normalise an RGB image as ``(rgb_uint8 / 255 − mean) / std``;
     ``resolution`` is the default internal short side in px (None = native size);
-    ``stride`` is the factor H and W must be multiples of; ``raw`` is the parsed JSON.
+    ``stride`` is the factor H and W must be multiples of; ``raw`` is the parsed JSON;
+    ``precision`` is the manifest's ``precision`` object with ``dtype`` (one of
+    :data:`PRECISION_DTYPES`) and ``graphs`` ({graph name: dtype} for every graph of
+    ``graphs``; float32 where the manifest names none) — ``{"dtype": "float32", "graphs":
+    {…: "float32"}}`` for a manifest without one.
     """
 
     root: Path
@@ -89,6 +99,7 @@ class Manifest:
     parity: dict
     raw: dict
     inference: dict
+    precision: dict = field(default_factory=lambda: {"dtype": "float32", "graphs": {}})
 
 
 def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
@@ -103,7 +114,10 @@ def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
     ``f16``/``f8``/``f4``, ``opset``, ``top_k`` positive ints; ``max_objects`` an int in 1..255;
     ``normalisation`` ``mean``/``std`` three finite numbers each, ``std`` > 0 (0 divides by
     zero: NaN images and empty masks); ``resolution`` None or a positive int;
-    ``policy_defaults`` an object of objects; ``config``/``method`` strings. The fields the
+    ``policy_defaults`` an object of objects; ``config``/``method`` strings; ``precision``
+    (optional) an object whose ``dtype`` and ``graphs`` values are in :data:`PRECISION_DTYPES`
+    (an unknown precision, e.g. from a newer vosedge, is refused naming it and the known ones)
+    and whose ``graphs`` keys are graphs of the manifest. The fields the
     graphs also define (channels, stride) are checked against them when
     :class:`sdk.runtime.Graphs` opens the graphs.
     """
@@ -174,7 +188,8 @@ def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
         max_objects=max_objects, mean=mean, std=std, resolution=resolution,
         top_k=fields.positive_int("top_k", "an int ≥ 1"), policy_defaults={k: dict(v) for k, v in defaults.items()},
         graphs=graphs, parity=dict(parity), raw=raw,
-        inference=_inference(path, raw.get("inference") if version >= 2 else {}))
+        inference=_inference(path, raw.get("inference") if version >= 2 else {}),
+        precision=_precision(path, raw.get("precision"), graphs))
 
 
 class _Fields:
@@ -228,6 +243,32 @@ def _inference(path: Path, given) -> dict:
             raise ManifestError(f"{path}: inference.{name} is {value!r}; expected one of {list(allowed)}")
         out[name] = value
     return out
+
+
+def _precision(path: Path, given, graphs: dict) -> dict:
+    """manifest["precision"] with ``dtype`` and ``graphs`` filled in for every graph (float32
+    when absent); raises ManifestError for a precision or graph dtype outside
+    :data:`PRECISION_DTYPES`, or a graph name the manifest does not list."""
+    if given is None:
+        return {"dtype": "float32", "graphs": dict.fromkeys(graphs, "float32")}
+    known = ", ".join(PRECISION_DTYPES)
+    if not isinstance(given, dict):
+        raise ManifestError(f"{path}: precision is {given!r}, expected an object {{dtype, graphs}}; re-export the model")
+    dtype = given.get("dtype")
+    if dtype not in PRECISION_DTYPES:
+        raise ManifestError(f"{path}: precision.dtype is {dtype!r}, which this sdk does not know (known: {known}); "
+                            "use a vosedge that supports it, or the float32 export")
+    per_graph = given.get("graphs", {})
+    if not isinstance(per_graph, dict):
+        raise ManifestError(f"{path}: precision.graphs is {per_graph!r}, expected an object {{graph: dtype}}")
+    for name, value in per_graph.items():
+        if name not in graphs:
+            raise ManifestError(f"{path}: precision.graphs names graph {name!r}, which the manifest does not list "
+                                f"(graphs: {', '.join(graphs)}); re-export the model")
+        if value not in PRECISION_DTYPES:
+            raise ManifestError(f"{path}: precision.graphs.{name} is {value!r}, which this sdk does not know "
+                                f"(known: {known}); use a vosedge that supports it, or the float32 export")
+    return {**given, "dtype": dtype, "graphs": {name: per_graph.get(name, "float32") for name in graphs}}
 
 
 def resolve_model(model: str | Path | None) -> Manifest:

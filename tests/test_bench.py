@@ -1,5 +1,5 @@
 """vos-bench: orders, the JSON schema (docs/bench-json.md), skipped methods, Ctrl-C, plots,
-markdown table, fp16 copies; first with an injected segmenter on a tiny synthetic DAVIS
+markdown table, the model's precision; first with an injected segmenter on a tiny synthetic DAVIS
 layout, then the real sdk in spawned processes, then real DAVIS frames."""
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from PIL import Image
 import sdk
 from benchmarks import bench, machine, playback, runs
 from benchmarks.report import PLOTS, markdown_table, p50_change
-from sdk.metrics import evaluate_sequence, summarize
 from sdk import cli
 from sdk.demo import make_clip
 from sdk.io import write_mask
-from sdk.manifest import DEFAULT_MODEL_DIR, GRAPH_NAMES, load_manifest
+from sdk.manifest import DEFAULT_MODEL_DIR, GRAPH_NAMES
+from sdk.metrics import evaluate_sequence, summarize
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -69,7 +69,7 @@ def fake_bench(tmp_path, monkeypatch, *extra):
 TOP = {"format": str, "version": int, "created": str, "machine": dict, "data": str, "sequence": str,
        "sequence_frames": int, "unit_frames": int, "input_size": list, "model": str, "model_config": str,
        "model_manifest_sha256": str,
-       "precision": str, "params": dict,
+       "precision": str, "precision_graphs": dict, "params": dict,
        "mode": str, "warmup_frames": int, "repeats": int, "balance": bool, "isolation": str,
        "lockstep": bool,
        "complete": bool,
@@ -463,25 +463,14 @@ def test_sigint_stops_a_real_run_with_a_partial_json(tmp_path):
     assert "Traceback" not in output
 
 
-def test_fp16_copy_keeps_the_contract(tmp_path):
-    pytest.importorskip("onnxconverter_common")
-    from benchmarks.fp16 import convert_model
-
-    half = convert_model(DEFAULT_MODEL_DIR, tmp_path / "fp16")
-    manifest = load_manifest(half)                                   # sha256 of every graph matches
-    original = load_manifest(DEFAULT_MODEL_DIR)
-    assert manifest.raw["precision"]["float32_graphs"] == ["readout"] and manifest.raw["precision"]["float32_fallback"] == {}
-    assert set(manifest.raw["precision"]["float16_graphs"]) == set(original.graphs) - {"readout"}
-    assert manifest.raw["graphs"]["readout"]["sha256"] == original.raw["graphs"]["readout"]["sha256"]
-    assert manifest.raw["graphs"]["decoder"]["sha256"] != original.raw["graphs"]["decoder"]["sha256"]
-    frames, masks = make_clip(frames=4, height=120, width=160)        # two textured objects
-    outputs = []
-    for model in (DEFAULT_MODEL_DIR, half):
-        seg = sdk.Segmenter(model, providers="cpu", resolution=240)   # the model segments them well there
-        outputs.append([seg.step(frames[0], masks[0])] + [seg.step(f) for f in frames[1:]])
-    for a, b in zip(*outputs):
-        assert a.dtype == b.dtype == np.uint8
-        assert np.count_nonzero((a > 0) & (b > 0)) / max(1, np.count_nonzero((a > 0) | (b > 0))) > 0.95
+def test_the_json_reports_the_models_precision(tmp_path, monkeypatch):
+    """vos-bench converts nothing (float16/int8 exports come from vos-export --precision): the
+    JSON's precision is the model's manifest's (the bundled model: float32 everywhere)."""
+    result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "every_k", "--lengths", "1")
+    assert result.exit_code == 0, result.output
+    assert report["precision"] == "float32" and set(report["precision_graphs"].values()) == {"float32"}
+    result = invoke("--data", tmp_path / "data", "--sequence", "clip", "--precision", "fp16", "--json", tmp_path / "x.json")
+    assert result.exit_code == 2 and "No such option" in result.output
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The sdk runs in an app that ships no PyTorch and no onnx: import and segment with both blocked;
-the commands that need an extra (vos-export, vos-train: [train]; vos-bench --precision fp16:
-[bench]) show --help and then say in one line which extra to install."""
+the commands that need an extra (vos-export, vos-train: [train]; vos-export --from-export
+--precision fp16|int8: [bench]) show --help and then say in one line which extra to install."""
 import subprocess
 import sys
 import textwrap
@@ -111,24 +111,20 @@ def test_unknown_method_is_still_a_usage_error_without_torch(tmp_path):
     assert result.returncode == 2 and "unknown method 'nope'" in result.stderr, result.stderr
 
 
-def test_fp16_without_the_bench_extra_names_it_in_one_line(tmp_path):
-    """vos-bench --precision fp16 needs onnx and onnxconverter-common: one line, exit 1, before
-    anything runs; fp32 (the default) needs neither."""
-    from PIL import Image
+@pytest.mark.parametrize("precision, line", [
+    ("fp16", ("Error: vos-export --precision fp16 needs onnx and onnxconverter-common, which are in the [bench] "
+              "extra: pip install 'vosedge[bench]'; not installed here: onnx, onnxconverter-common")),
+    ("int8", ("Error: vos-export --precision int8 needs onnx, which is in the [bench] extra: pip install "
+              "'vosedge[bench]'; not installed here: onnx")),
+])
+def test_reduced_precision_without_the_bench_extra_names_it_in_one_line(precision, line, tmp_path):
+    """vos-export --from-export DIR --precision fp16|int8 needs no torch, only onnx (and
+    onnxconverter-common for fp16): without them, one line naming [bench], exit 1, nothing
+    written, and neither torch nor onnx imported."""
+    from sdk.manifest import DEFAULT_MODEL_DIR
 
-    from sdk.demo import make_clip
-    from sdk.io import write_mask
-
-    rgb, labels = make_clip(frames=4, height=48, width=64, seed=0)
-    for i, (frame, gt) in enumerate(zip(rgb, labels)):
-        (tmp_path / "data" / "JPEGImages" / "clip").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frame).save(tmp_path / "data" / "JPEGImages" / "clip" / f"{i:05d}.jpg")
-        write_mask(tmp_path / "data" / "Annotations" / "clip" / f"{i:05d}.png", gt)
-    args = ["--data", tmp_path / "data", "--sequence", "clip", "--methods", "every_k", "--frames", 4,
-            "--no-reference", "--no-isolate", "--providers", "cpu", "--json", tmp_path / "b.json"]
-    result = without_extras("benchmarks.bench", "vos-bench", *args, "--precision", "fp16")
+    result = without_extras("export.cli", "vos-export", "--from-export", DEFAULT_MODEL_DIR, "--precision", precision,
+                            "--out", tmp_path / "out")
     assert result.returncode == 1, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1] == ("Error: vos-bench --precision fp16 needs onnx and onnxconverter-common, which are in the "
-                         "[bench] extra: pip install 'vosedge[bench]'; not installed here: onnx, onnxconverter-common")
-    assert "Traceback" not in result.stderr and not (tmp_path / "b.json").exists()
+    assert result.stderr.strip().splitlines()[-1] == line
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
