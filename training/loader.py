@@ -46,8 +46,8 @@ def _one_thread_worker(_worker_id: int) -> None:
 def iterate_batches(ds, batch_size: int, start: int, stop: int, workers: int = 0,
                     pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of iterations ``start..stop−1`` (items ``it·B .. it·B + B − 1``), as
-    :func:`collate` dicts; ``workers`` > 0 builds them in that many DataLoader processes
-    (prefetching 4 batches each, one thread each). Raises ValueError for workers < 0."""
+    :func:`collate` dicts; ``workers`` > 0 builds them in that many spawned DataLoader
+    processes (prefetching 4 batches each, one thread each). Raises ValueError for workers < 0."""
     if workers < 0:
         raise ValueError(f"workers must be ≥ 0, got {workers}")
     plan = [list(range(it * batch_size, (it + 1) * batch_size)) for it in range(start, stop)]
@@ -55,5 +55,8 @@ def iterate_batches(ds, batch_size: int, start: int, stop: int, workers: int = 0
         for indices in plan:
             yield collate([ds[i] for i in indices])
         return
+    # spawned, not forked: a fork taken while torch's, OpenCV's or ONNX Runtime's thread pools
+    # hold a lock leaves the worker waiting on it for ever (seen in the test suite)
     yield from DataLoader(ds, batch_sampler=plan, num_workers=workers, collate_fn=collate,
-                          pin_memory=pin_memory, prefetch_factor=4, worker_init_fn=_one_thread_worker)
+                          pin_memory=pin_memory, prefetch_factor=4, worker_init_fn=_one_thread_worker,
+                          multiprocessing_context="spawn")
