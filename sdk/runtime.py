@@ -107,13 +107,20 @@ def _quiet_run() -> ort.RunOptions:
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Options of every session: ``threads`` intra-op threads (None = onnxruntime's default,
-    one per physical core) and **no spinning**. Each session owns a thread pool whose workers
-    by default busy-wait after every run; a frame runs 4–8 graphs one after another, so the
-    idle pools' spinning workers took the cores from the running one: on the project's 2-core
-    VM (ORT 1.31, CPU EP) spinning off cut a frame from 221 to 118–138 ms (480 px, every_k) and
-    from 70 to 24–34 ms (240 px, lfu). Raises :class:`~sdk.errors.InputError` for ``threads`` < 1."""
+    one per physical core), **no spinning**, and every graph optimisation (``ORT_ENABLE_ALL``,
+    onnxruntime's default, stated here because it matters).
+
+    Spinning: each session owns a thread pool whose workers by default busy-wait after every
+    run; a frame runs 4–8 graphs one after another, so the idle pools' spinning workers took
+    the cores from the running one: on the project's 2-core VM (ORT 1.31, CPU EP) spinning off
+    cut a frame from 221 to 118–138 ms (480 px, every_k) and from 70 to 24–34 ms (240 px, lfu).
+    Optimisation level: ``ORT_ENABLE_EXTENDED`` (no NCHWc layout transform of the convolutions)
+    made the key encoder 2.2×, the decoder 1.3× and the value encoder 1.4× slower at 480 px on
+    that VM; ``ORT_ENABLE_LAYOUT`` gives the same graphs as ``ALL`` on the CPU EP
+    (``docs/frame-480.md``). Raises :class:`~sdk.errors.InputError` for ``threads`` < 1."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -130,7 +137,10 @@ class Graphs:
     Requested providers that cannot start (e.g. CUDA listed by onnxruntime-gpu on a machine
     without a GPU or CUDA libraries) are dropped with ONE record on logger ``"vosedge"``: INFO
     for the default (``providers=None``: CUDA if it starts, nothing was asked for), WARNING when
-    the caller asked for that provider; :attr:`providers` lists those used.
+    the caller asked for that provider; :attr:`providers` lists those used. :attr:`run_ms`
+    sums, per graph name, the wall time (ms) spent inside ``InferenceSession.run`` by
+    :meth:`run` / :meth:`run_named` since the caller last cleared it (the Segmenter clears it
+    at every frame: its graph stages).
 
     The manifest is checked against the graphs (:func:`check_graph_shapes`): its channel fields
     against the static channel axes the graphs declare, and its ``stride`` by running the key
@@ -173,6 +183,7 @@ class Graphs:
         self._outputs = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
         self._stride = manifest.stride
         self._run_options = _quiet_run()
+        self.run_ms: dict[str, float] = {}
         check_graph_shapes(manifest, self.sessions)
         t0 = perf_counter()
         if "key_encoder" in self.sessions:
@@ -190,10 +201,13 @@ class Graphs:
         when onnxruntime fails, naming the graph and the input shapes; when it could not
         allocate memory, the message also gives the internal frame size and suggests a lower
         internal resolution (``Segmenter(resolution=480)``, ``--resolution 480``)."""
+        t0 = perf_counter()
         try:
             return self.sessions[name].run(None, feeds, self._run_options)
         except Exception as exc:  # onnxruntime's Fail/RuntimeException/… derive from Exception only
             raise GraphRunError(_run_failure(name, feeds, exc, self._stride)) from exc
+        finally:
+            self.run_ms[name] = self.run_ms.get(name, 0.0) + (perf_counter() - t0) * 1e3
 
     def run_named(self, name: str, feeds: dict) -> dict[str, np.ndarray]:
         """Run graph ``name`` on the entries of ``feeds`` it takes (others are ignored: e.g. a

@@ -12,22 +12,28 @@ from .bank import MemoryBank
 from .errors import GraphRunError, InputError, ManifestError, ParameterError
 from .io import VOID  # label 255 of DAVIS masks: void, "no label here"
 from .manifest import GRAPH_NAMES, Manifest, resolve_model
-from .ops import Geometry, Workspace, channel_argmax, merge_given, sigmoid, soft_aggregate
+from .ops import Geometry, Workspace, channel_argmax, label_values, merge_given, sigmoid, soft_aggregate
 from .params import refuse, segmenter_option
 from .params import resolution as check_resolution
-from .policies import MemoryPolicy, Write, make_policy
+from .policies import MemoryPolicy, make_policy
 from .runtime import Graphs
 
-# Segmenter.timings keys (ms). preprocess: checks, resize, normalise, pad; key_encoder: + the
-# prior_enhance graph (QDMN/QPM); postprocess: mask merge, soft aggregation, crop, resize, argmax;
-# qam: the QAM score graph; sam: the SAM graphs + RDE write; readout: also XMem's potentiation (the
-# readout graph, on frames that consolidate); bookkeeping: the rest of the sdk's work (sigmoid,
-# objects, prior, policy, value-encoder masks, bank write).
 # floats the readout graph gathers per potentiation call (XMem consolidation; 64 MiB of float32)
 POTENTIATION_FLOATS = 1 << 24
 
+# Segmenter.timings keys (ms; they add up to "total", the wall time of step). Graph stages: time
+# inside onnxruntime's InferenceSession.run (sdk.runtime.Graphs.run_ms), nothing of the sdk's:
+# key_encoder (+ the prior_enhance graph: QDMN/QPM), readout (+ XMem's potentiation through it),
+# decoder, value_encoder, qam, sam (sam_key + sam_value). The sdk's own work: preprocess (frame and
+# mask checks, policy/bank snapshot, resize, normalise, pad), postprocess (sigmoid, mask merge, soft
+# aggregation, crop, resize, argmax, labels) and bookkeeping (everything else: feeds, finite checks
+# of graph outputs, objects, policy, value-encoder masks, bank writes, prior).
 STAGES = ("preprocess", "key_encoder", "readout", "decoder", "postprocess", "value_encoder", "qam", "sam",
           "bookkeeping")
+GRAPH_STAGES = {"key_encoder": "key_encoder", "prior_enhance": "key_encoder", "readout": "readout",
+                "decoder": "decoder", "value_encoder": "value_encoder", "qam": "qam", "sam_key": "sam",
+                "sam_value": "sam"}   # graph → the stage its session time counts in
+SDK_STAGES = ("preprocess", "postprocess", "bookkeeping")
 
 
 
@@ -259,6 +265,7 @@ class Segmenter:
         (:meth:`step` restores them when this raises): the bank's buffers are replaced (objects,
         first allocation) before the last graph runs, written in place only after it."""
         ms = dict.fromkeys(STAGES, 0.0)
+        self._graphs.run_ms.clear()
         geo, t = self._geometry, self._t
         if geo is None:
             geo = Geometry.for_frame(frame.shape[0], frame.shape[1], self.resolution, self.manifest.stride,
@@ -266,8 +273,7 @@ class Segmenter:
         image = geo.image(frame, self._mean, self._std, self._work)
         given_map = None if mask is None else geo.label_map(mask)
         void_map = given_map == VOID if void else None             # [Hp,Wp] bool, later frames only
-        t1 = perf_counter()
-        ms["preprocess"] = (t1 - t0) * 1e3
+        ms["preprocess"] = (perf_counter() - t0) * 1e3
 
         query = self._graphs.run_named("key_encoder", {"image": image})
         key, f16, f8, f4 = query.get("key"), query["f16"], query["f8"], query["f4"]
@@ -275,8 +281,6 @@ class Segmenter:
         if self._prior_input:
             prior = self._prior(t, given_map)
             key, f16 = self._graphs.run("prior_enhance", {"f16": f16, "prior": prior})
-        t2 = perf_counter()
-        ms["key_encoder"] = (t2 - t1) * 1e3
 
         prob = None
         if self.bank.num_valid and (any(label not in given for label in self._labels)
@@ -298,31 +302,28 @@ class Segmenter:
         agg = soft_aggregate(probs, self._work)                       # [N+1,Hp,Wp]
         full = geo.to_input(agg, self._work)                          # [N+1,H,W]
         if mask is None:
-            out = lut[channel_argmax(full, self._work)]               # a fresh array: the caller's
+            out = label_values(lut, channel_argmax(full, self._work))  # a fresh array: the caller's
         else:
             rest = [c for c in range(len(full)) if c - 1 not in given_idx]   # bg + objects not given
             labelled = (mask > 0) & (mask != VOID) if void else mask > 0
-            out = np.where(labelled, mask, lut[rest][channel_argmax(full[rest], self._work)])
+            predicted = channel_argmax([full[c] for c in rest], self._work)
+            out = np.where(labelled, mask, label_values(lut[rest], predicted))
             if void:                                                  # every object's prediction
-                out = np.where(mask == VOID, lut[channel_argmax(full, self._work)], out)
-        t5 = perf_counter()
-        ms["postprocess"] = (t5 - t4) * 1e3
+                out = np.where(mask == VOID, label_values(lut, channel_argmax(full, self._work)), out)
+        ms["postprocess"] += (perf_counter() - t4) * 1e3
 
         encoded = scores = None
         if self.temporary_memory and t > 0:
-            encoded = self._encode_value(image, f16, agg, ms)       # written somewhere either way
+            encoded = self._encode_value(image, f16, agg)           # written somewhere either way
         if "qam" in self.policy.requires and self.policy.needs_score(t, mask is not None):
-            encoded = encoded or self._encode_value(image, f16, agg, ms)
-            t6 = perf_counter()
+            encoded = encoded or self._encode_value(image, f16, agg)
             (scores,) = self._graphs.run_named("qam", encoded).values()
             self._check_finite("qam", scores=scores)
-            ms["qam"] = (perf_counter() - t6) * 1e3
         table = self.bank.positions if self.policy.per_position else self.bank.frames
         decision = self.policy.on_frame(t, table, mask is not None, scores)
         temporary = decision is None and self.temporary_memory and t > 0
         if decision is not None or temporary:
-            encoded = encoded or self._encode_value(image, f16, agg, ms)
-            t7 = perf_counter()
+            encoded = encoded or self._encode_value(image, f16, agg)
             value = encoded["value"]
             memory_key = encoded["key"] if self._object_keys else key[0]
             if not self._object_keys:                # the value encoder's outputs are checked already
@@ -333,10 +334,8 @@ class Segmenter:
                 self.bank.write_temporary(memory_key, value, t)
             else:                                    # SAM's and the potentiation's graphs run before apply writes
                 self.bank.apply(decision, memory_key, value, t, partial(self._sam, size=geo.feature_size),
-                                partial(self._potentiate, ms=ms))
+                                self._potentiate)
                 self.bank.clear_temporary()
-            if isinstance(decision, Write) and decision.fold is not None:
-                ms["sam"] = (perf_counter() - t7) * 1e3
 
         # commit: nothing below can fail
         self._geometry, self._labels, self._lut = geo, labels, lut
@@ -345,6 +344,8 @@ class Segmenter:
                 self._first_prior = prior
             self._prev_prior = agg[1:].max(0)[None, None]
         self._t += 1
+        for graph, run_ms in self._graphs.run_ms.items():
+            ms[GRAPH_STAGES[graph]] += run_ms
         total = (perf_counter() - t0) * 1e3
         ms["bookkeeping"] = max(0.0, total - sum(ms.values()))
         ms["total"] = total
@@ -374,19 +375,20 @@ class Segmenter:
                 "refused and the Segmenter left unchanged (memory, objects, frame_index). The export's weights "
                 "diverge on this input (an RDE fold can): check the export, or use another memory policy")
 
-    def _encode_value(self, image, f16, agg, ms) -> dict[str, np.ndarray]:
+    def _encode_value(self, image, f16, agg) -> dict[str, np.ndarray]:
         """Value encoder on the soft-aggregated prediction agg [N+1,Hp,Wp] → its outputs:
         ``value`` [N,C_v,h,w] (+ ``key`` [N,C_k,h,w] with per-object keys, + what the QAM reads).
         Raises :class:`~sdk.errors.GraphRunError` when one of them is not finite."""
         own = agg[1:]
         masks = self._work.array("value_masks", (len(own), 2, *own.shape[1:]))   # [N,2,Hp,Wp]
         masks[:, 0] = own
-        total = np.sum(own, axis=0, out=self._work.array("value_total", own.shape[1:]))
-        np.subtract(total, own, out=masks[:, 1])                      # the other objects
-        t0 = perf_counter()
+        if len(own) == 1:                                             # Σ others − own = own − own = 0
+            masks[0, 1].fill(0)
+        else:
+            total = np.sum(own, axis=0, out=self._work.array("value_total", own.shape[1:]))
+            np.subtract(total, own, out=masks[:, 1])                  # the other objects
         out = self._graphs.run_named("value_encoder", {"image": image, "f16": f16, "masks": masks})
         self._check_finite("value_encoder", **out)
-        ms["value_encoder"] = (perf_counter() - t0) * 1e3
         return out
 
     def _sam(self, key_rde, value_rde, key, value, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -409,7 +411,7 @@ class Segmenter:
         features = self.policy.feature_positions()
         return f" + {features} feature positions" if features else ""
 
-    def _potentiate(self, prototype_keys: np.ndarray, keys: np.ndarray, values: np.ndarray, ms: dict) -> np.ndarray:
+    def _potentiate(self, prototype_keys: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         """XMem's memory potentiation through the export's readout graph: the readout of the
         consolidation candidates' values with the prototypes' keys as queries, softmax over all
         C candidates (top_k = C, XMem's potentiation has no top-k), with the export's affinity.
@@ -422,7 +424,6 @@ class Segmenter:
         alone in every export (what the decoder concatenates with query features happens in
         the decoder graph). Per-object keys: one call per object, with its own keys and values.
         Raises :class:`~sdk.errors.GraphRunError` for a failed run or a non-finite result."""
-        t0 = perf_counter()
         n, cv, c = values.shape
         p = prototype_keys.shape[-1]
         out = np.empty((n, cv, p), np.float32)
@@ -441,27 +442,23 @@ class Segmenter:
                                                           "top_k": top_k})
                 out[rows, :, start:start + q.shape[-1]] = readout[:, :, 0, :]
         self._check_finite("readout", potentiation=out)
-        ms["readout"] += (perf_counter() - t0) * 1e3
         return out
 
     def _predict(self, t, key, f16, f8, f4, ms) -> np.ndarray:
         """Readout over the bank's live positions (RDE-VOS Eq. 2–3) + decoder → per-object
         foreground probability [N_mem,Hp,Wp] float32 for the N_mem objects the bank holds.
         Raises :class:`~sdk.errors.GraphRunError` for a non-finite readout or probability."""
-        t0 = perf_counter()
         bank = self.bank
         readout, usage = self._graphs.run("readout", {
             "query_key": key, "memory_keys": bank.readout_keys, "memory_values": bank.values,
             "valid": bank.valid, "top_k": np.array(min(self.top_k, bank.num_valid), np.int64)})
         self._check_finite("readout", readout=readout)
-        t1 = perf_counter()
         self.policy.on_readout(t, bank.policy_usage(usage))
-        t2 = perf_counter()
         (logits,) = self._graphs.run("decoder", {"readout": readout, "f16": f16, "f8": f8, "f4": f4})
+        t0 = perf_counter()
         prob = sigmoid(logits[:, 0], out=logits[:, 0])
+        ms["postprocess"] += (perf_counter() - t0) * 1e3               # the sigmoid: the sdk's
         self._check_finite("decoder", bounded=True, probability=prob)   # ±inf logits saturate to 0, 1
-        t3 = perf_counter()
-        ms["readout"], ms["decoder"] = (t1 - t0) * 1e3, (t3 - t2) * 1e3
         return prob
 
     # -- input checks ----------------------------------------------------------------------

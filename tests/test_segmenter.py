@@ -8,8 +8,9 @@ import pytest
 
 from sdk import Segmenter
 from sdk.errors import InputError
+from sdk.manifest import GRAPH_NAMES, OPTIONAL_GRAPHS
 from sdk.ops import Geometry, Workspace, channel_argmax, one_hot, sigmoid, soft_aggregate
-from sdk.segmenter import STAGES
+from sdk.segmenter import GRAPH_STAGES, STAGES
 
 
 @pytest.fixture
@@ -241,6 +242,39 @@ def test_sessions_never_spin_and_take_the_thread_count(tiny_export, square_clip,
         assert options.intra_op_num_threads == (threads or 0)        # 0 = onnxruntime's default
     frames, masks = square_clip()
     assert seg.step(frames[0], masks[0]).shape == masks[0].shape
+
+
+def test_sessions_optimise_fully(tiny_export):
+    import onnxruntime as ort
+    seg = Segmenter(tiny_export, providers="cpu")
+    for session in seg._graphs.sessions.values():
+        assert session.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+@pytest.mark.parametrize("export, method", [("tiny", "every_k"), ("heads", "qdmn"), ("heads", "rde"),
+                                            ("heads", "xmem")])
+def test_graph_stages_are_session_time_and_the_stages_add_up(tiny_export, heads_export, square_clip, export,
+                                                             method):
+    """Graph stages = time inside InferenceSession.run of their graphs (Graphs.run_ms); the
+    sdk's stages hold the rest; all of them add up to the step's wall time."""
+    seg = Segmenter({"tiny": tiny_export, "heads": heads_export}[export], method=method, providers="cpu",
+                    **({"theta": 1} if method == "rde" else {}))
+    frames, masks = square_clip(12)
+    seen = set()
+    for t, frame in enumerate(frames):
+        seg.step(frame, masks[0] if t == 0 else None)
+        ms, run = seg.timings, seg._graphs.run_ms
+        assert set(ms) == {*STAGES, "total"} and all(v >= 0 for v in ms.values())
+        for stage in ("key_encoder", "readout", "decoder", "value_encoder", "qam", "sam"):
+            graphs = [g for g, s in GRAPH_STAGES.items() if s == stage]
+            assert ms[stage] == pytest.approx(sum(run.get(g, 0.0) for g in graphs), abs=1e-9)
+        assert sum(ms[s] for s in STAGES) == pytest.approx(ms["total"], rel=1e-9)
+        assert ms["preprocess"] > 0 and ms["postprocess"] > 0
+        seen |= {g for g, v in run.items() if v > 0}
+    assert set(GRAPH_STAGES) == set(GRAPH_NAMES + OPTIONAL_GRAPHS) and set(GRAPH_STAGES.values()) <= set(STAGES)
+    expected = {"key_encoder", "readout", "decoder", "value_encoder"} | {
+        "qdmn": {"prior_enhance", "qam"}, "rde": {"sam_key", "sam_value"}, "every_k": set(), "xmem": set()}[method]
+    assert expected <= seen
 
 
 def test_providers(tiny_export, caplog):
