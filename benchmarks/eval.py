@@ -48,6 +48,19 @@ def evaluate(segmenter, root: Path, sequence: str, out: Path) -> tuple[dict, lis
     return evaluate_sequence(predictions(), gt), latencies
 
 
+def split_sequences(data: Path, split: str, sequences: list[str] | None) -> list[str]:
+    """The sequences of ``ImageSets/<split>.txt`` under ``data``, or the given subset of them.
+    Raises click.UsageError naming any of ``sequences`` the split lacks (and what
+    :func:`sdk.davis.read_split` raises for a missing split file)."""
+    names = read_split(data, split)
+    if not sequences:
+        return names
+    unknown = sorted(set(sequences) - set(names))
+    if unknown:
+        raise click.UsageError(f"not in split {split!r}: {', '.join(unknown)}")
+    return sequences
+
+
 def _row(name: str, scores: dict) -> str:
     return (f"{name:<20} {scores['J']:6.1f} {scores['F']:6.1f} {scores['J&F']:6.1f} "
             f"{scores['frames']:7d} {scores['fps']:7.2f}")
@@ -74,12 +87,7 @@ def _percent(summary: dict) -> dict:
 def main(data, split, sequences, out, json_path, model, method, resolution, providers, params):
     """Evaluate semi-supervised VOS (J&F, fps) of the sdk on a DAVIS-layout data set."""
     with cli.user_errors():
-        names = read_split(data, split)
-        if sequences:
-            unknown = sorted(set(sequences) - set(names))
-            if unknown:
-                raise click.UsageError(f"not in split {split!r}: {', '.join(unknown)}")
-            names = sequences
+        names = split_sequences(data, split, sequences)
         segmenter = cli.make_segmenter(model, method, resolution, providers, params)
         all_objects, per_sequence, total_frames, total_seconds = [], {}, 0, 0.0
         try:

@@ -185,16 +185,11 @@ def main(data, split, sequences, models, resolutions, methods, providers, params
          resume):
     """Evaluate every (export, internal resolution, memory policy) on a DAVIS split: J&F, fps,
     p50/p90 latency, bank bytes and peak RSS, each cell in its own process."""
+    from benchmarks.eval import split_sequences
     from benchmarks.machine import bench_machine
-    from sdk.davis import read_split
 
     with cli.user_errors():
-        names = read_split(data, split)
-        if sequences:
-            unknown = sorted(set(sequences) - set(names))
-            if unknown:
-                raise click.UsageError(f"not in split {split!r}: {', '.join(unknown)}")
-            names = sequences
+        names = split_sequences(data, split, sequences)
         for name, folder in models.items():   # a bad export or parameter fails now, not after an hour
             used = cli.make_segmenter(Path(folder) if folder else None, methods[0], resolutions[0], providers,
                                       params).providers
