@@ -1,5 +1,7 @@
 """Shared fixtures.
 
+``one_torch_thread``: torch on one intra-op thread for the test (the training tests use it).
+
 ``tiny_export``: a randomly initialised small lite network exported once per test session
 (a few seconds of torch + ONNX export); sdk tests run the Segmenter on it. ``heads_export``:
 the same network with every method head (QAM, prior enhancement, SAM), exported likewise.
@@ -13,6 +15,18 @@ import pytest
 TINY_CONFIG = {"name": "lite", "key_channels": 16, "value_channels": 32, "decoder_channels": [32, 16, 8],
                "value_encoder_channels": [8, 16, 32, 32], "max_objects": 8, "top_k": 20}
 TINY_RESOLUTION = 64
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test, restored after: on a shared 2-core machine two
+    threads that wait on each other run these small graphs ~100× slower than one. A training
+    test module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

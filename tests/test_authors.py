@@ -23,7 +23,7 @@ from export.cli import main as vos_export  # noqa: E402
 from sdk import Segmenter  # noqa: E402
 from sdk.errors import InputError  # noqa: E402
 from sdk.io import iter_frames, read_mask  # noqa: E402
-from training.authors.checkpoints import (CheckpointError, detect_arch, load_authors_checkpoint,  # noqa: E402
+from training.authors.checkpoints import (detect_arch, load_authors_checkpoint,  # noqa: E402
                                           read_state_dict)
 from training.authors.synthetic import synthetic_state_dict, write_synthetic_checkpoint  # noqa: E402
 

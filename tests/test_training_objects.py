@@ -13,12 +13,7 @@ TINY = {"name": "lite", "key_channels": 16, "value_channels": 32, "decoder_chann
         "value_encoder_channels": [8, 16, 32, 32]}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def network(heads=()):

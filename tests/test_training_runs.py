@@ -23,12 +23,7 @@ SCHOOLGIRLS = DATA / "davis2017-240p"          # one sequence, 7 objects: quick 
 needs_data = pytest.mark.skipif(not SCHOOLGIRLS.is_dir(), reason="../shared/data (DAVIS frames) not present")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(path: Path, **changes) -> str:
