@@ -199,3 +199,30 @@ def test_vos_train_method_rde_trains_sam_on_5_frame_clips(tmp_path):
     published = load_file(str(tmp_path / "pub" / "w.safetensors"))
     assert all(v.dtype == torch.float16 for v in published.values() if v.is_floating_point())
     assert any(k.startswith("sam_value.") for k in published)
+
+
+def test_average_is_the_weight_space_mix_of_two_checkpoints(tmp_path):
+    from training.compose import average, main
+
+    torch.manual_seed(0)
+    a = build_network(TINY_CONFIG, pretrained=False)
+    b = build_network(TINY_CONFIG, pretrained=False)
+    randomise(b.decoder, seed=3)
+    pa, pb = save_checkpoint(tmp_path / "a", a), save_checkpoint(tmp_path / "b", b)
+    mixed = average(tmp_path / "out", pa, pb, weight=0.25)
+    w_a, w_b = a.decoder.pred.weight.detach(), b.decoder.pred.weight.detach()
+    torch.testing.assert_close(mixed["decoder.pred.weight"], 0.75 * w_a + 0.25 * w_b)
+    assert not torch.equal(mixed["decoder.pred.weight"], w_a)
+    net = build_network(TINY_CONFIG, pretrained=False)
+    load_weights_into(net, tmp_path / "out.safetensors")       # fp16 on disk, a loadable checkpoint
+    torch.testing.assert_close(net.decoder.pred.weight, mixed["decoder.pred.weight"], atol=2e-3, rtol=1e-3)
+    meta = json.loads((tmp_path / "out.json").read_text())
+    assert meta["state"]["average"]["weight"] == 0.25 and meta["dtype"] == "float16"
+    other = save_checkpoint(tmp_path / "c", build_network({**TINY_CONFIG, "heads": ["qam"]}, pretrained=False))
+    with pytest.raises(ValueError, match="different networks"):
+        average(tmp_path / "bad", pa, other)
+    with pytest.raises(ValueError, match="weight"):
+        average(tmp_path / "bad", pa, pb, weight=1.5)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "bad"), "--average", str(pa), str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and not (tmp_path / "bad.safetensors").exists()

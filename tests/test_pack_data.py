@@ -88,3 +88,21 @@ def test_main_reports_one_line_and_exit_status_2(tmp_path, capsys):
     src = make_root(tmp_path / "src" / "davis-x")
     assert main(["--data", str(src), "--out", str(tmp_path / "out"), "--max-mb", "10"]) == 0
     assert (tmp_path / "out" / "davis-x" / "ImageSets" / "train.txt").is_file()
+
+
+def test_default_budget_is_what_the_tree_leaves_of_the_carry(tmp_path):
+    import subprocess
+
+    from training.pack_data import CARRY_MIB, MARGIN_MIB, default_budget_mb, tree_bytes
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text("/.data/\n")
+    (repo / "model.bin").write_bytes(b"\0" * 3 * 2**20)
+    (repo / ".data").mkdir()
+    (repo / ".data" / "big.jpg").write_bytes(b"\0" * 2**20)          # ignored: not part of the tree
+    assert tree_bytes(repo) == 3 * 2**20 + len("/.data/\n")
+    assert default_budget_mb(repo) == round(CARRY_MIB - tree_bytes(repo) / 2**20 - MARGIN_MIB, 1)
+    with pytest.raises(PackError, match="git"):
+        tree_bytes(tmp_path / "not-a-repo-" / "x")

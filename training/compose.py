@@ -1,10 +1,17 @@
-"""Compose a checkpoint from a core and a heads checkpoint (how the bundled model is built).
+"""Build a checkpoint from others (how the bundled model is built).
 
 ``python3 -m training.compose OUT --core CORE --heads HEADS``: the network of HEADS (with its
 method heads) gets every tensor of CORE (key/value encoders, key projection, decoder) and the
 head tensors (``prior_enhance``, ``qam``, ``sam_key``, ``sam_value``) of HEADS; written as
 fp16 OUT (.safetensors + .json naming both sources). Raises RuntimeError if CORE does not fit
 HEADS's network.
+
+``python3 -m training.compose OUT --average A B [--weight W]``: the weight-space ensemble
+(1 − W)·A + W·B of two checkpoints of the same network, one fine-tuned from the other
+(WiSE-FT, Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022, Eq. 1:
+θ_α = (1 − α)·θ_0 + α·θ_1). Integer tensors (BatchNorm's batch counts) are taken from A.
+Raises ValueError when the two networks' configs or tensor names/shapes differ, or W is
+outside [0, 1].
 """
 from __future__ import annotations
 
@@ -33,13 +40,53 @@ def compose(out, core, heads) -> VOSNetwork:
     return net
 
 
+def average(out, a, b, weight: float = 0.5) -> dict:
+    """Write (1 − ``weight``)·``a`` + ``weight``·``b`` as fp16 ``out`` (.safetensors + .json
+    naming both sources and the weight) → the averaged float32 state dict. The mean is taken in
+    float32 (fp16 inputs are widened first). See the module docstring for the source and errors."""
+    import torch
+
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    (sa, ja), (sb, jb) = _paths(a), _paths(b)
+    for path in (sa, ja, sb, jb):
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file {path} not found")
+    ca, cb = (json.loads(j.read_text())["config"] for j in (ja, jb))
+    if {**ca, "heads": ca.get("heads", [])} != {**cb, "heads": cb.get("heads", [])}:    # no heads = []
+        raise ValueError(f"{a} and {b} are different networks: {ca} vs {cb}")
+    ta, tb = load_file(str(sa)), load_file(str(sb))
+    if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
+        diff = sorted(set(ta) ^ set(tb)) or [k for k in ta if ta[k].shape != tb[k].shape]
+        raise ValueError(f"{a} and {b} do not hold the same tensors (first differences: {diff[:3]})")
+    mixed = {k: torch.lerp(ta[k].float(), tb[k].float(), weight) if ta[k].is_floating_point() else ta[k]
+             for k in ta}
+    net = VOSNetwork(ca, pretrained=False)
+    net.load_state_dict(mixed, strict=True)
+    save_checkpoint(out, net, {"average": {"a": str(a), "b": str(b), "weight": weight}}, half=True)
+    return mixed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")
-    parser.add_argument("--core", required=True, help="checkpoint whose core weights are kept")
-    parser.add_argument("--heads", required=True, help="checkpoint whose method heads are kept")
+    parser.add_argument("--core", help="checkpoint whose core weights are kept (with --heads)")
+    parser.add_argument("--heads", help="checkpoint whose method heads are kept (with --core)")
+    parser.add_argument("--average", nargs=2, metavar=("A", "B"),
+                        help="instead: the weight average (1 - W)·A + W·B of two checkpoints of one network")
+    parser.add_argument("--weight", type=float, default=0.5, help="W of --average (default 0.5)")
     args = parser.parse_args(argv)
-    compose(args.out, args.core, args.heads)
+    if args.average and (args.core or args.heads):
+        parser.error("give either --core and --heads, or --average A B")
+    try:
+        if args.average:
+            average(args.out, *args.average, weight=args.weight)
+        elif args.core and args.heads:
+            compose(args.out, args.core, args.heads)
+        else:
+            parser.error("give --core and --heads, or --average A B")
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        parser.exit(2, f"training.compose: {exc}\n")
     print(f"wrote {args.out}")
 
 

@@ -5,7 +5,8 @@ not ``../shared/data``. The 240p training data — ``davis2016-240p`` train (30 
 frames, 44 MB of JPEG) and ``davis2017-240p`` train (``schoolgirls``) — does not fit beside
 the tree as it is. This writes the same DAVIS layout under ``--out`` (default ``.data/``,
 ignored by git) with the frames re-encoded as JPEG at the highest quality of
-:data:`QUALITIES` whose total fits ``--max-mb``; the annotations (palette PNGs) and the split
+:data:`QUALITIES` whose total fits ``--max-mb`` (default: what the tree leaves of the 64 MiB,
+:func:`default_budget_mb`); the annotations (palette PNGs) and the split
 file are copied byte for byte, so labels are exact and only the images carry JPEG loss. Then:
 
     training/gpu_run.sh 540 gpu-out runs/gpu -- --config lite --objects 3 \\
@@ -31,12 +32,39 @@ from sdk.errors import VideoReadError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_ROOTS = (DATA / "davis2016-240p", DATA / "davis2017-240p")
+CARRY_MIB = 64          # what a device command carries: the working tree + the carried paths
+MARGIN_MIB = 2          # for files written between packing and the run (logs, a results JSON)
 QUALITIES = (95, 90, 85, 80, 75, 70, 65, 60, 55, 50, 45, 40)
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class PackError(RuntimeError):
     """A root, split or frame that cannot be packed, or a budget no JPEG quality meets."""
+
+
+def tree_bytes(repo: Path) -> int:
+    """Bytes of the files a device command carries as the working tree of ``repo``: tracked
+    files and untracked ones git does not ignore (``git ls-files -co --exclude-standard``).
+
+    Raises :class:`PackError` when git cannot list them (not a checkout, no git)."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo,
+                                capture_output=True, check=True).stdout.split(b"\0")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise PackError(f"cannot list the working tree of {repo} with git ({exc}); give --max-mb") from None
+    return sum((repo / name.decode()).stat().st_size for name in listed
+               if name and (repo / name.decode()).is_file())
+
+
+def default_budget_mb(repo: Path = Path(__file__).resolve().parents[1]) -> float:
+    """MiB left for packed data: :data:`CARRY_MIB` − the tree (:func:`tree_bytes`) −
+    :data:`MARGIN_MIB`. Raises :class:`PackError` when nothing is left or git fails."""
+    left = CARRY_MIB - tree_bytes(repo) / 2**20 - MARGIN_MIB
+    if left <= 0:
+        raise PackError(f"the working tree of {repo} leaves no room in the {CARRY_MIB} MiB a device command carries")
+    return round(left, 1)
 
 
 def _sequences(root: Path, split: str) -> list[tuple[str, list[Path], list[Path]]]:
@@ -70,15 +98,18 @@ def _encode(path: Path, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def pack(roots, out, split: str = "train", max_mb: float = 38.0, log=print) -> dict:
+def pack(roots, out, split: str = "train", max_mb: float | None = None, log=print) -> dict:
     """Write ``split`` of each DAVIS-layout root of ``roots`` to ``out/<root name>/`` (frames as
     JPEG at the highest quality of :data:`QUALITIES` with the total of all roots' frames and
-    annotations ≤ ``max_mb`` MiB; annotations and ``ImageSets/<split>.txt`` copied) → {"quality",
+    annotations ≤ ``max_mb`` MiB, default :func:`default_budget_mb`; annotations and
+    ``ImageSets/<split>.txt`` copied) → {"quality",
     "bytes", "frames", "sequences", "roots"}. ``out/<root name>`` is replaced; nothing is written
     when the budget cannot be met or a file cannot be read.
 
     Raises :class:`PackError` (see the module docstring); ValueError for ``max_mb`` ≤ 0.
     """
+    if max_mb is None:
+        max_mb = default_budget_mb()
     if max_mb <= 0:
         raise ValueError(f"max_mb must be > 0, got {max_mb}")
     roots = [Path(r) for r in roots]
@@ -138,13 +169,14 @@ def pack(roots, out, split: str = "train", max_mb: float = 38.0, log=print) -> d
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m training.pack_data",
                                      description=__doc__.split("\n\n")[0],
-                                     epilog="Example: python3 -m training.pack_data --out .data --max-mb 38")
+                                     epilog="Example: python3 -m training.pack_data --out .data")
     parser.add_argument("--data", action="append", type=Path, metavar="ROOT",
                         help="DAVIS-layout root (repeatable). Default: ../shared/data/davis2016-240p and davis2017-240p")
     parser.add_argument("--split", default="train", help="split file ImageSets/<split>.txt (default train)")
     parser.add_argument("--out", type=Path, default=Path(".data"), help="where the copies go (default .data)")
-    parser.add_argument("--max-mb", type=float, default=38.0,
-                        help="budget for all packed files in MiB (default 38: the 64 MiB carry minus the ~25 MiB tree)")
+    parser.add_argument("--max-mb", type=float, default=None,
+                        help=f"budget for all packed files in MiB (default: the {CARRY_MIB} MiB a device command "
+                             f"carries minus this checkout's tree minus {MARGIN_MIB})")
     args = parser.parse_args(argv)
     try:
         pack(args.data or DEFAULT_ROOTS, args.out, args.split, args.max_mb)
