@@ -56,11 +56,8 @@ def _models(ctx, param, value: str) -> dict[str, str | None]:
 
 
 def _resolutions(ctx, param, value: str) -> list[int | None]:
-    out = []
-    for item in cli.comma_list(ctx, param, value) or []:
-        parsed = cli.parse_resolution(ctx, param, item)
-        out.append(parsed)
-    return out
+    """'240,360,native' → [240, 360, None] (each as vos-eval's --resolution parses it)."""
+    return [cli.parse_resolution(ctx, param, item) for item in cli.comma_list(ctx, param, value) or []]
 
 
 def _methods(ctx, param, value: str | None) -> list[str]:

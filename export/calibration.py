@@ -133,6 +133,9 @@ class FeedRecorder:
         graphs.run = recording_run
 
     def add(self, name: str, feeds: dict) -> None:
+        """Count one call of graph ``name`` and keep a copy of ``feeds`` ({input: array}) if
+        reservoir sampling selects it (the k-th call replaces a random kept one with
+        probability ``samples``/k)."""
         n = self.seen.get(name, 0)
         self.seen[name] = n + 1
         kept = self.feeds.setdefault(name, [])

@@ -91,8 +91,6 @@ def convert_export(src, out, precision: str, *, scheme: str = "ort", calibration
     out = Path(out).expanduser().resolve()
     if out == source.root:
         raise ValueError(f"--out {out} is the float32 export itself; choose another folder")
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-        raise FileExistsError(f"{out} exists and is not a vosedge export; choose an empty or new folder")
     if precision == "int8":
         method = calibration_method or int8.DEFAULT_CALIBRATION_METHOD
         if scheme not in int8.SCHEMES:

@@ -21,7 +21,7 @@ import json
 from safetensors.torch import load_file
 
 from .checkpoint import _paths, load_weights_into, save_checkpoint
-from .networks import VOSNetwork
+from .networks import VOSNetwork, resolve_config
 
 HEAD_PREFIXES = ("prior_enhance", "qam", "sam_key", "sam_value")
 
@@ -41,9 +41,15 @@ def compose(out, core, heads) -> VOSNetwork:
 
 
 def average(out, a, b, weight: float = 0.5) -> dict:
-    """Write (1 − ``weight``)·``a`` + ``weight``·``b`` as fp16 ``out`` (.safetensors + .json
-    naming both sources and the weight) → the averaged float32 state dict. The mean is taken in
-    float32 (fp16 inputs are widened first). See the module docstring for the source and errors."""
+    """Write (1 − ``weight``)·``a`` + ``weight``·``b`` (WiSE-FT, Eq. 1; ``weight`` = α, unitless
+    in [0, 1]) of the checkpoints ``a`` and ``b`` (.safetensors + .json paths or stems) as fp16
+    ``out`` (.safetensors + .json naming both sources and the weight) → the averaged state dict
+    {name: float32 tensor, shapes as in ``a``; integer tensors copied from ``a``}. The mean is
+    taken in float32 (fp16 inputs are widened first).
+
+    Raises ValueError for ``weight`` outside [0, 1], for configs that differ once resolved
+    (:func:`training.networks.resolve_config`) or for tensor names/shapes that differ;
+    FileNotFoundError naming a missing .safetensors or .json."""
     import torch
 
     if not 0.0 <= weight <= 1.0:
@@ -52,8 +58,8 @@ def average(out, a, b, weight: float = 0.5) -> dict:
     for path in (sa, ja, sb, jb):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file {path} not found")
-    ca, cb = (json.loads(j.read_text())["config"] for j in (ja, jb))
-    if {**ca, "heads": ca.get("heads", [])} != {**cb, "heads": cb.get("heads", [])}:    # no heads = []
+    ca, cb = (resolve_config(json.loads(j.read_text())["config"]) for j in (ja, jb))
+    if ca != cb:
         raise ValueError(f"{a} and {b} are different networks: {ca} vs {cb}")
     ta, tb = load_file(str(sa)), load_file(str(sb))
     if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):

@@ -26,6 +26,7 @@ class SkipSchedule:
         self.iterations, self.batch_size = cfg["iterations"], batch_size
 
     def at_iteration(self, it: int) -> int:
+        """Max skip (frames) at iteration ``it`` (0-based)."""
         return self.values[bisect.bisect_right(self.fractions, it / self.iterations)]
 
     def __call__(self, item: int) -> int:

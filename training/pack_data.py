@@ -25,17 +25,17 @@ import shutil
 import sys
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sdk.davis import davis_sequence_dirs, read_split
-from sdk.errors import VideoReadError
+from sdk.errors import VideoReadError, VosEdgeError
+from sdk.io import frame_files, read_frame
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_ROOTS = (DATA / "davis2016-240p", DATA / "davis2017-240p")
 CARRY_MIB = 64          # what a device command carries: the working tree + the carried paths
 MARGIN_MIB = 2          # for files written between packing and the run (logs, a results JSON)
 QUALITIES = (95, 90, 85, 80, 75, 70, 65, 60, 55, 50, 45, 40)
-FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class PackError(RuntimeError):
@@ -68,33 +68,32 @@ def default_budget_mb(repo: Path = Path(__file__).resolve().parents[1]) -> float
 
 
 def _sequences(root: Path, split: str) -> list[tuple[str, list[Path], list[Path]]]:
-    """(name, frame files, annotation files) of every sequence of ``split`` under ``root``."""
+    """(name, frame files, annotation files) of every sequence of ``split`` under ``root``; the
+    frames are the sdk's (:func:`sdk.io.frame_files`: natural order, hidden files and stem
+    clashes refused), so each packed ``<stem>.jpg`` names one source frame."""
     try:
-        names = read_split(root, split)
         out = []
-        for name in names:
+        for name in read_split(root, split):
             fdir, adir = davis_sequence_dirs(root, name)
-            frames = sorted(p for p in fdir.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
-            if not frames:
-                raise PackError(f"{fdir}: no frames")
             notes = sorted(adir.glob("*.png")) if adir.is_dir() else []
             if not notes:
                 raise PackError(f"{adir}: no annotation PNGs")
-            out.append((name, frames, notes))
+            out.append((name, frame_files(fdir)[0], notes))
         return out
     except VideoReadError as exc:
         raise PackError(f"{root}: {exc}") from None
 
 
 def _encode(path: Path, quality: int) -> bytes:
-    """JPEG bytes of the RGB image ``path`` at ``quality`` (Pillow, 4:2:0, optimised tables)."""
+    """JPEG bytes of frame ``path`` at ``quality``: decoded as training reads it
+    (:func:`sdk.io.read_frame`, strict, EXIF orientation applied), encoded by Pillow (4:2:0,
+    optimised tables)."""
     try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+        rgb = read_frame(path)
+    except VosEdgeError as exc:
         raise PackError(f"cannot read frame {path}: {exc}") from None
     buf = io.BytesIO()
-    rgb.save(buf, "JPEG", quality=quality, optimize=True)
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality, optimize=True)
     return buf.getvalue()
 
 

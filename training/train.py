@@ -59,11 +59,6 @@ def load_config(config: str) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def max_skip_at(cfg: dict, it: int) -> int:
-    """Max-skip curriculum (STCN): ``skip_values[i]`` while it/iterations < skip_fractions[i]."""
-    return SkipSchedule(cfg, 1).at_iteration(it)
-
-
 def freeze(net, frozen_blocks: int, trainable: list[str] | None = None):
     """Freeze every BatchNorm (statistics and affine) and the backbone stem + first blocks;
     with ``trainable`` (top-level module names, e.g. ``["sam_key", "sam_value"]``) everything
