@@ -112,7 +112,8 @@ runs a converted graph (|change of J| <= 1 point, docs/graph-contract.md). Then 
                    "float32 biases: the explicit-quantisation QDQ graphs TensorRT (e.g. on Jetson) consumes.")
 @click.option("--int8-graphs", callback=comma_list, metavar="A,B",
               help=f"Graphs to quantise. Default: {','.join(DEFAULT_INT8_GRAPHS)} (measured: int8 key encoders "
-                   "change the masks too much; the readout always stays float32).")
+                   "change the masks too much, less after quantisation-aware fine-tuning with python3 -m "
+                   "training.qat; the readout always stays float32).")
 @click.option("--calibration-data", type=click.Path(file_okay=False, path_type=Path), metavar="ROOT",
               help="DAVIS-layout folder whose train split the int8 ranges are calibrated on. "
                    f"Default: {DEFAULT_CALIBRATION_ROOT}.")
@@ -126,11 +127,15 @@ runs a converted graph (|change of J| <= 1 point, docs/graph-contract.md). Then 
               metavar="N", help="First frames played of each calibration sequence.")
 @click.option("--samples-per-graph", type=click.IntRange(min=1), default=SAMPLES_PER_GRAPH, show_default=True,
               metavar="N", help="Recorded feeds kept per graph (a uniform sample of its calls).")
+@click.option("--parity-reference", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
+              help="Float32 export the reduced graphs' masks must match, instead of the float32 export of "
+                   "--checkpoint/--from-export itself: for a checkpoint fine-tuned for int8 (python3 -m "
+                   "training.qat), the float32 export of the checkpoint it was distilled from.")
 @click.option("--parity-min-iou", type=click.FloatRange(0, 1), default=MIN_MEAN_IOU, show_default=True,
               metavar="IOU", help="Refuse a reduced-precision export whose mean mask IoU vs float32 is below this.")
 def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data, opset, from_export, precision,
          int8_scheme, int8_graphs, calibration_data, calibration_method, calibration_sequences, calibration_frames,
-         samples_per_graph, parity_min_iou):
+         samples_per_graph, parity_reference, parity_min_iou):
     """Export a checkpoint to ONNX for the vosedge sdk, in float32, float16 or int8.
 
     Writes OUT/key_encoder.onnx, value_encoder.onnx, readout.onnx, decoder.onnx, one graph
@@ -159,6 +164,8 @@ def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data,
     if precision != "int8" and given & set(INT8_OPTIONS):
         raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in sorted(given & set(INT8_OPTIONS)))} "
                                "only apply to --precision int8")
+    if precision == "fp32" and parity_reference is not None:
+        raise click.UsageError("--parity-reference judges a reduced-precision export: give --precision fp16 or int8")
     if from_export is not None:
         if precision == "fp32":
             raise click.UsageError("--from-export converts a float32 export: give --precision fp16 or int8")
@@ -169,7 +176,7 @@ def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data,
         "precision": precision, "scheme": int8_scheme, "calibration_method": calibration_method,
         "int8_graphs": int8_graphs, "calibration_data": calibration_data, "parity_data": parity_data,
         "calibration_sequences": calibration_sequences, "calibration_frames": calibration_frames,
-        "samples_per_graph": samples_per_graph, "min_mean_iou": parity_min_iou}
+        "samples_per_graph": samples_per_graph, "min_mean_iou": parity_min_iou, "parity_reference": parity_reference}
     if reduced is not None:       # before any export: a missing extra, an occupied OUT or missing data fail now
         try:
             if from_export is not None:
@@ -249,7 +256,10 @@ def _report_reduced(manifest: dict, out: Path) -> None:
     parity = p["parity"]
     graphs = ", ".join(f"{n} {d}" for n, d in p["graphs"].items())
     fallback = "".join(f"; kept float32: {n} ({why})" for n, why in p["float32_fallback"].items())
-    click.echo(f"wrote {p['dtype']} export to {out} in {p['seconds']:.0f} s: {graphs}{fallback}; parity vs float32: "
+    ref = parity.get("reference", {})
+    against = "" if ref.get("is_source", True) else f" {ref['path']}"
+    click.echo(f"wrote {p['dtype']} export to {out} in {p['seconds']:.0f} s: {graphs}{fallback}; "
+               f"parity vs float32{against}: "
                + ", ".join(f"{m} mean mask IoU {r['mean_iou']:.4f} (min {r['min_iou']:.3f})"
                            for m, r in parity["methods"].items())
                + f" >= {parity['min_mean_iou']} on {parity['frames']}")

@@ -74,6 +74,14 @@ all Conv nodes int8 0.225 / 0.270 / 0.233 / 0.187; the key projection float 0.22
 pointwise Convs between float depthwise ones unfused). The error is already 19 % at f4, after
 the stem and three blocks, and grows evenly with depth — no single layer to keep in float32;
 quantisation-aware fine-tuning is the way to an int8 key encoder.
+Quantisation-aware fine-tuning (``python3 -m training.qat``, 800 iterations, 2026-12-01;
+``--parity-reference`` = the bundled float32 export) halves that error in ONNX Runtime
+(worst of the parity feeds, key / f16 / f8 / f4): post-training 0.221 / 0.273 / 0.254 / 0.200,
+after fine-tuning 0.128 / 0.151 / 0.145 / 0.116; mean mask IoU of key encoder + decoder int8
+vs the bundled float32 0.950 → 0.967 (dance-twirl 0.880 → 0.918) — still below the 0.99
+gate, so the default stays the decoder alone. By J&F (all of DAVIS 2016 val at 480 px, one
+vos-grid run) it is better than float32: every_k 77.0 → 77.7 at ×1.37 fps, rde 77.3 → 77.7
+at ×1.20 (post-training: 76.7 at ×1.32, breakdance −4.1) — README, "Reduced precision".
 ``readout`` always stays float32 (top-k + softmax; its 1e30 empty-slot mask and the usage
 counts are exact in float32 only).
 

@@ -53,7 +53,7 @@ def convert_export(src, out, precision: str, *, scheme: str = "ort", calibration
                    int8_graphs=None, calibration_data=None, parity_data=None,
                    calibration_sequences: int = CALIBRATION_SEQUENCES, calibration_frames: int = CALIBRATION_FRAMES,
                    samples_per_graph: int | None = None, min_mean_iou: float = MIN_MEAN_IOU,
-                   source_note: dict | None = None, log=None) -> dict:
+                   parity_reference=None, source_note: dict | None = None, log=None) -> dict:
     """Write a ``precision`` ("fp16" | "int8") copy of the float32 export folder ``src`` into
     ``out`` (a new or empty folder, or an export, which is replaced); returns its manifest.
 
@@ -68,8 +68,13 @@ def convert_export(src, out, precision: str, *, scheme: str = "ort", calibration
     (:func:`export.precision_parity.check_precision_parity`) runs on ``parity_data``: a root
     (its val split, :data:`PARITY_SEQUENCES` × :data:`PARITY_FRAMES` frames; default: the
     calibration root), or a list of clips, and needs every policy's mean mask IoU vs float32 ≥
-    ``min_mean_iou``. ``source_note`` (e.g. the checkpoint) goes into ``precision.source``;
-    ``log(str)`` receives progress lines.
+    ``min_mean_iou``. ``parity_reference``: the float32 export the masks are compared with
+    instead of ``src`` — for a quantisation-aware fine-tuned checkpoint (:mod:`training.qat`)
+    the float32 export of the network it was distilled from, whose masks its int8 graphs must
+    reproduce (its own float32 weights compensate the int8 grid and are no reference); it must
+    be a float32 export with the graphs, channels, stride and normalisation of ``src``
+    (ValueError naming the difference). ``source_note`` (e.g. the checkpoint) goes into
+    ``precision.source``; ``log(str)`` receives progress lines.
 
     Raises ValueError for an unknown precision, scheme, method or graph name, or ``out`` =
     ``src``; FileExistsError if ``out`` is neither empty nor an export;
@@ -99,6 +104,7 @@ def convert_export(src, out, precision: str, *, scheme: str = "ort", calibration
             raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(int8.CALIBRATION_METHODS)}")
         chosen = _int8_graphs(source, int8_graphs)
         samples = samples_per_graph or int8.SAMPLES_PER_GRAPH
+    reference = source if parity_reference is None else _parity_reference(source, parity_reference)
     check_target(out, precision, calibration_data, parity_data)
     resolution = source.resolution
     started = time.perf_counter()
@@ -165,9 +171,12 @@ def convert_export(src, out, precision: str, *, scheme: str = "ort", calibration
         raw["precision"] = precision_record(precision, dtypes, record, fallback, source, source_note)
         _write(tmp, raw)
         load_manifest(tmp)                      # the copy must pass the sdk's own checks
-        log(f"parity vs float32 on {parity_desc} …")
-        raw["precision"]["parity"] = check_precision_parity(source.root, tmp, parity_clips, resolution, reduced,
+        log(f"parity vs float32{'' if reference is source else f' ({reference.root})'} on {parity_desc} …")
+        raw["precision"]["parity"] = check_precision_parity(reference.root, tmp, parity_clips, resolution, reduced,
                                                             min_mean_iou, parity_desc)
+        raw["precision"]["parity"]["reference"] = {
+            "path": str(reference.root), "manifest_sha256": sha256_file(reference.root / MANIFEST_FILE),
+            "is_source": reference is source}
         raw["precision"]["seconds"] = round(time.perf_counter() - started, 1)
         _write(tmp, raw)
         load_manifest(tmp)
@@ -197,6 +206,26 @@ def check_target(out, precision: str, calibration_data=None, parity_data=None) -
             if not (root / "ImageSets" / f"{split}.txt").is_file():
                 raise CalibrationError(f"no DAVIS-layout data at {root} (no ImageSets/{split}.txt): give one with "
                                        f"{option} ROOT (e.g. ../shared/data/davis2016-240p)")
+
+
+# manifest fields a parity reference must share with the export it judges
+REFERENCE_FIELDS = ("key_channels", "value_channels", "skip_channels", "stride", "normalisation", "max_objects")
+
+
+def _parity_reference(source, path):
+    """The manifest of the float32 export ``path`` to judge ``source``'s reduced graphs by;
+    ValueError unless it is float32 and has ``source``'s graphs and :data:`REFERENCE_FIELDS`."""
+    reference = load_manifest(path)
+    problems = []
+    if reference.precision["dtype"] != "float32":
+        problems.append(f"it holds {reference.precision['dtype']} graphs, not float32")
+    if set(reference.graphs) != set(source.graphs):
+        problems.append(f"its graphs {sorted(reference.graphs)} are not {sorted(source.graphs)}")
+    problems += [f"its {f} {reference.raw.get(f)!r} is not {source.raw.get(f)!r}" for f in REFERENCE_FIELDS
+                 if reference.raw.get(f) != source.raw.get(f)]
+    if problems:
+        raise ValueError(f"--parity-reference {reference.root} cannot judge {source.root}: " + "; ".join(problems))
+    return reference
 
 
 def precision_record(precision, dtypes, record, fallback, source, source_note) -> dict:

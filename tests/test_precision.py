@@ -241,6 +241,7 @@ def test_cli_converts_an_export_and_eval_reports_its_precision(tiny_export, tmp_
     (["--precision", "int8", "--calibration-data", "{tmp}/nowhere"], "--calibration-data ROOT"),
     (["--precision", "fp16", "--parity-data", "{tmp}"], "--parity-data ROOT"),
     (["--precision", "fp32"], "give --precision fp16 or int8"),
+    (["--precision", "fp32", "--parity-reference", "{tmp}"], "--parity-reference judges a reduced-precision export"),
     (["--precision", "fp16", "--calibration-method", "entropy"], "--calibration-method only apply to --precision int8"),
     (["--precision", "int8", "--calibration-data", "{data}", "--int8-graphs", "readout"], "readout stays float32"),
     (["--precision", "int8", "--method", "lfu"], "--method apply to --checkpoint exports"),
@@ -288,3 +289,37 @@ def test_default_int8_choice_passes_parity_on_real_frames(bundled_240, tmp_path)
     parity = raw["precision"]["parity"]
     assert parity["mean_iou"] >= 0.99 and set(parity["graphs_rel_error"]) == {"decoder"}
     assert all(err < 0.2 for errors in parity["graphs_rel_error"].values() for err in errors.values())
+
+
+def test_parity_reference_is_the_export_the_masks_are_judged_by(tiny_export, tmp_path):
+    """--parity-reference: another float32 export replaces the source as the parity reference
+    (training.qat's case); one with the decoder's logits negated makes the same conversion fail,
+    one that cannot be compared is refused before anything runs."""
+    reference = shutil.copytree(tiny_export, tmp_path / "reference")
+    out = tmp_path / "int8"
+    manifest = convert_export(tiny_export, out, "int8", calibration_data=clips(), parity_data=clips(),
+                              parity_reference=reference)
+    assert manifest["precision"]["parity"]["reference"] == {
+        "path": str(reference.resolve()), "manifest_sha256": sha256_file(reference / "manifest.json"),
+        "is_source": False}
+    assert load_manifest(out).precision["dtype"] == "int8"
+
+    model = onnx.load(str(reference / "decoder.onnx"))
+    logits = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_pre" if o == logits else o for o in node.output]
+    model.graph.node.append(onnx.helper.make_node("Neg", [f"{logits}_pre"], [logits]))
+    onnx.save(model, str(reference / "decoder.onnx"))
+    raw = json.loads((reference / "manifest.json").read_text())
+    raw["graphs"]["decoder"]["sha256"] = sha256_file(reference / "decoder.onnx")
+    (reference / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ParityError, match=r"mean IoU every_k 0\.0+ < 0\.99"):
+        convert_export(tiny_export, tmp_path / "refused", "int8", calibration_data=clips(), parity_data=clips(),
+                       parity_reference=reference)
+
+    raw["key_channels"] = raw["key_channels"] * 2
+    (reference / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"cannot judge .*key_channels 32 is not 16"):
+        convert_export(tiny_export, tmp_path / "refused", "int8", calibration_data=clips(), parity_data=clips(),
+                       parity_reference=reference)
+    assert not (tmp_path / "refused").exists()
