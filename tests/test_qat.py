@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from sdk.demo import make_clip  # noqa: E402
 from training import qat  # noqa: E402
 from training.networks import build_network  # noqa: E402
 
@@ -19,17 +20,8 @@ BUNDLED = Path(__file__).resolve().parents[1] / "training" / "weights" / "lite.s
 
 
 def frames(n: int = 6, height: int = 72, width: int = 96, seed: int = 0) -> list[np.ndarray]:
-    """Smooth random colour fields with a few rectangles: textures a conv net responds to."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        base = rng.integers(0, 255, (height // 8, width // 8, 3)).astype(np.uint8)
-        img = np.kron(base, np.ones((8, 8, 1), np.uint8))
-        for _ in range(4):
-            y, x = rng.integers(0, height - 16), rng.integers(0, width - 16)
-            img[y:y + 16, x:x + 16] = rng.integers(0, 255, 3)
-        out.append(img)
-    return out
+    """RGB uint8 [H,W,3] frames of the sdk's demo clip (textured moving objects)."""
+    return list(make_clip(n, height, width, seed)[0])
 
 
 @pytest.fixture

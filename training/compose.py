@@ -10,8 +10,7 @@ HEADS's network.
 (1 − W)·A + W·B of two checkpoints of the same network, one fine-tuned from the other
 (WiSE-FT, Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022, Eq. 1:
 θ_α = (1 − α)·θ_0 + α·θ_1). Integer tensors (BatchNorm's batch counts) are taken from A.
-Raises ValueError when the two networks' configs or tensor names/shapes differ, or W is
-outside [0, 1].
+Raises ValueError when the two networks' configs differ, or W is outside [0, 1].
 """
 from __future__ import annotations
 
@@ -20,8 +19,8 @@ import json
 
 from safetensors.torch import load_file
 
-from .checkpoint import _paths, load_weights_into, save_checkpoint
-from .networks import VOSNetwork, resolve_config
+from .checkpoint import _paths, load_checkpoint, load_weights_into, save_checkpoint
+from .networks import VOSNetwork
 
 HEAD_PREFIXES = ("prior_enhance", "qam", "sam_key", "sam_value")
 
@@ -45,29 +44,23 @@ def average(out, a, b, weight: float = 0.5) -> dict:
     in [0, 1]) of the checkpoints ``a`` and ``b`` (.safetensors + .json paths or stems) as fp16
     ``out`` (.safetensors + .json naming both sources and the weight) → the averaged state dict
     {name: float32 tensor, shapes as in ``a``; integer tensors copied from ``a``}. The mean is
-    taken in float32 (fp16 inputs are widened first).
+    taken in float32 (:func:`~training.checkpoint.load_checkpoint` widens fp16).
 
-    Raises ValueError for ``weight`` outside [0, 1], for configs that differ once resolved
-    (:func:`training.networks.resolve_config`) or for tensor names/shapes that differ;
-    FileNotFoundError naming a missing .safetensors or .json."""
+    Raises ValueError for ``weight`` outside [0, 1] or for configs that differ once resolved
+    (``net.config``, :func:`training.networks.resolve_config`; equal configs mean equal tensor
+    names and shapes); FileNotFoundError naming a missing .safetensors or .json; RuntimeError
+    for a checkpoint whose tensors do not fit its own config."""
     import torch
 
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight}")
-    (sa, ja), (sb, jb) = _paths(a), _paths(b)
-    for path in (sa, ja, sb, jb):
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file {path} not found")
-    ca, cb = (resolve_config(json.loads(j.read_text())["config"]) for j in (ja, jb))
-    if ca != cb:
-        raise ValueError(f"{a} and {b} are different networks: {ca} vs {cb}")
-    ta, tb = load_file(str(sa)), load_file(str(sb))
-    if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
-        diff = sorted(set(ta) ^ set(tb)) or [k for k in ta if ta[k].shape != tb[k].shape]
-        raise ValueError(f"{a} and {b} do not hold the same tensors (first differences: {diff[:3]})")
-    mixed = {k: torch.lerp(ta[k].float(), tb[k].float(), weight) if ta[k].is_floating_point() else ta[k]
-             for k in ta}
-    net = VOSNetwork(ca, pretrained=False)
+    net, _ = load_checkpoint(a)
+    other, _ = load_checkpoint(b)
+    if net.config != other.config:
+        raise ValueError(f"{a} and {b} are different networks: {net.config} vs {other.config}")
+    tb = other.state_dict()
+    mixed = {k: torch.lerp(v, tb[k], weight) if v.is_floating_point() else v
+             for k, v in net.state_dict().items()}
     net.load_state_dict(mixed, strict=True)
     save_checkpoint(out, net, {"average": {"a": str(a), "b": str(b), "weight": weight}}, half=True)
     return mixed

@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdk.ops import normalise_table
+
 from .backbones import ConvBN, MBConv
 
 log = logging.getLogger("vosedge.qat")
@@ -156,6 +158,7 @@ class QuantisedKeyEncoder(nn.Module):
         (self.act_grid, (self.wmin, self.wmax)) = GRIDS[scheme]
         self.net = net
         self.trunk = trunk
+        self.weights_enabled = True
         self.quantisers = nn.ModuleDict()
         self._q("image")
         for name, module in self.trunk.named_modules():
@@ -169,6 +172,8 @@ class QuantisedKeyEncoder(nn.Module):
         self.quantisers[name.replace(".", "/")] = ActivationQuantiser(*self.act_grid)
 
     def quantiser(self, name) -> ActivationQuantiser:
+        """The quantiser of tensor ``name`` ("image", "key", a ConvBN's module path such as
+        "blocks.3.expand", or "blocks.i.add"); KeyError for an unknown one."""
         return self.quantisers[name.replace(".", "/")]
 
     def set_mode(self, observing: bool, enabled: bool) -> None:
@@ -179,7 +184,7 @@ class QuantisedKeyEncoder(nn.Module):
 
     def _conv(self, x, conv, bn=None, act=False):
         weight, bias = folded(conv, bn)
-        if getattr(self, "weights_enabled", True):
+        if self.weights_enabled:
             weight = quantise_weight(weight, self.wmin, self.wmax)
         y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         return F.relu6(y) if act else y
@@ -203,22 +208,20 @@ class QuantisedKeyEncoder(nn.Module):
         return key, f16, f8, f4
 
 
-def distillation_loss(student: tuple, teacher: tuple) -> tuple[torch.Tensor, dict]:
-    """Σ over (key, f16, f8, f4) of ‖s − t‖² / ‖t‖² (batch totals) → (loss, {output: relative
-    L2 error ‖s − t‖ / ‖t‖ as float})."""
-    terms, errors = [], {}
-    for name, s, t in zip(OUTPUTS, student, teacher):
-        rel = (s - t).pow(2).sum() / t.pow(2).sum().clamp(min=1e-12)
-        terms.append(rel)
-        errors[name] = float(rel.detach().sqrt())
-    return torch.stack(terms).sum(), errors
+def distillation_loss(student: tuple, teacher: tuple) -> torch.Tensor:
+    """Σ over the outputs (key, f16, f8, f4: float32 tensors [B,C,h,w], student and teacher
+    alike) of ‖s − t‖² / ‖t‖² over the whole batch → scalar float32 tensor (unitless; its
+    square root per term is the relative L2 error)."""
+    return torch.stack([(s - t).pow(2).sum() / t.pow(2).sum().clamp(min=1e-12)
+                        for s, t in zip(student, teacher)]).sum()
 
 
 class FrameCrops:
     """Random crops of video frames for the distillation (no labels needed): each item is a
     frame rescaled by a factor in ``zoom`` (the sdk upsamples 240p frames ×2 to its 480 px
     default; the range covers 360–480 px as well), randomly cropped to ``crop`` × ``crop`` px
-    and flipped, normalised with ``mean``/``std`` ([0,1] units, as ``net.config``).
+    and flipped, normalised with ``mean``/``std`` ([0,1] units, as ``net.config``) by the sdk's
+    own look-up table (:func:`sdk.ops.normalise_table`): the values the key encoder gets in use.
 
     ``frames``: list of RGB uint8 [H,W,3] arrays. ``batch(rng, n)`` → float32 tensor
     [n,3,crop,crop]. Raises ValueError when there are no frames.
@@ -228,10 +231,10 @@ class FrameCrops:
         if not frames:
             raise ValueError("no frames to fine-tune on")
         self.frames, self.crop, self.zoom = frames, crop, zoom
-        self.mean = np.asarray(mean, np.float32) * 255
-        self.std = np.asarray(std, np.float32) * 255
+        self.table = normalise_table(np.asarray(mean, np.float32), np.asarray(std, np.float32))
 
     def item(self, rng: np.random.Generator) -> np.ndarray:
+        """One crop → float32 [3, crop, crop], normalised."""
         import cv2
 
         frame = self.frames[int(rng.integers(len(self.frames)))]
@@ -243,7 +246,7 @@ class FrameCrops:
         out = big[y:y + self.crop, x:x + self.crop]
         if rng.random() < 0.5:
             out = out[:, ::-1]
-        return ((out.astype(np.float32) - self.mean) / self.std).transpose(2, 0, 1)
+        return np.stack([self.table[c][out[..., c]] for c in range(3)])
 
     def batch(self, rng: np.random.Generator, n: int) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.item(rng) for _ in range(n)]))
@@ -263,19 +266,15 @@ def load_frames(roots, split: str, every: int = 2) -> list[np.ndarray]:
     return frames
 
 
-def evaluate(qnet: QuantisedKeyEncoder, teacher, images: torch.Tensor, chunk: int = 2) -> dict:
-    """Relative L2 error of each output of the simulated-int8 key encoder against the teacher
-    on ``images`` [B,3,H,W] → {output: float}."""
+def evaluate(qnet: QuantisedKeyEncoder, images: torch.Tensor, targets: tuple) -> dict:
+    """Relative L2 error ‖s − t‖ / ‖t‖ over the batch of each output of the simulated-int8 key
+    encoder on ``images`` [B,3,H,W] (float32, normalised) against ``targets`` (the teacher's
+    key, f16, f8, f4 on them) → {output: float, 4 decimals}. Leaves the ranges unchanged."""
     qnet.set_mode(observing=False, enabled=True)
-    num = {o: 0.0 for o in OUTPUTS}
-    den = {o: 0.0 for o in OUTPUTS}
     with torch.no_grad():
-        for i in range(0, len(images), chunk):
-            s, t = qnet(images[i:i + chunk]), teacher.encode_key(images[i:i + chunk])
-            for o, a, b in zip(OUTPUTS, s, t):
-                num[o] += float((a - b).pow(2).sum())
-                den[o] += float(b.pow(2).sum())
-    return {o: round(math.sqrt(num[o] / max(den[o], 1e-12)), 4) for o in OUTPUTS}
+        student = qnet(images)
+    return {o: round(float((s - t).norm() / t.norm().clamp(min=1e-12)), 4)
+            for o, s, t in zip(OUTPUTS, student, targets)}
 
 
 def fine_tune(net, frames: list, *, scheme: str = "ort", iterations: int = 800, batch_size: int = 4,
@@ -300,8 +299,9 @@ def fine_tune(net, frames: list, *, scheme: str = "ort", iterations: int = 800, 
     rng = np.random.default_rng(seed)
     fixed = None
     if held_out:
-        held_rng = np.random.default_rng(seed + 1)
-        fixed = FrameCrops(held_out, crop, mean=mean, std=std).batch(held_rng, 8)
+        fixed = FrameCrops(held_out, crop, mean=mean, std=std).batch(np.random.default_rng(seed + 1), 8)
+        with torch.no_grad():
+            fixed_targets = teacher.encode_key(fixed)
 
     qnet.set_mode(observing=True, enabled=False)   # ranges of the float32 network first
     with torch.no_grad():
@@ -317,7 +317,7 @@ def fine_tune(net, frames: list, *, scheme: str = "ort", iterations: int = 800, 
 
     history = []
     if fixed is not None:
-        history.append({"iteration": 0, "loss": None, "held_out": evaluate(qnet, teacher, fixed)})
+        history.append({"iteration": 0, "loss": None, "held_out": evaluate(qnet, fixed, fixed_targets)})
         log.info("qat %s", json.dumps(history[0]))
     losses, start = [], time.perf_counter()
     for it in range(1, iterations + 1):
@@ -325,7 +325,7 @@ def fine_tune(net, frames: list, *, scheme: str = "ort", iterations: int = 800, 
         images = data.batch(rng, batch_size)
         with torch.no_grad():
             target = teacher.encode_key(images)
-        loss, _ = distillation_loss(qnet(images), target)
+        loss = distillation_loss(qnet(images), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -337,7 +337,7 @@ def fine_tune(net, frames: list, *, scheme: str = "ort", iterations: int = 800, 
             rec = {"iteration": it, "loss": round(float(np.mean(losses)), 5),
                    "seconds": round(time.perf_counter() - start, 1)}
             if fixed is not None:
-                rec["held_out"] = evaluate(qnet, teacher, fixed)
+                rec["held_out"] = evaluate(qnet, fixed, fixed_targets)
             history.append(rec)
             log.info("qat %s", json.dumps(rec))
             losses = []
