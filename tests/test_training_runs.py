@@ -130,3 +130,45 @@ def test_batches_from_workers_equal_the_in_process_ones():
     assert torch.equal(here[0]["frames"][0], torch.from_numpy(ds[6]["frames"]))      # item = it·B + j
     with pytest.raises(ValueError, match="workers"):
         next(iterate_batches(ds, 2, 0, 1, workers=-1))
+
+
+@needs_data
+def test_the_clip_zoom_of_a_config_reaches_the_dataset_and_is_saved_with_the_run(tmp_path, monkeypatch):
+    import training.train as train_module
+
+    seen = {}
+
+    class Recorded(train_module.ClipDataset):
+        def __init__(self, *args, **kwargs):
+            seen["scale"] = kwargs["scale"]
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "ClipDataset", Recorded)
+    res = vos_train("--config", tiny_config(tmp_path / "z.yaml", zoom=[1.5, 2.5], iterations=1), "--out", tmp_path / "z")
+    assert res.exit_code == 0, res.output
+    assert seen["scale"] == (1.5, 2.5)
+    saved = json.loads((tmp_path / "z" / "last.json").read_text())["state"]["train_config"]
+    assert saved["zoom"] == [1.5, 2.5]
+
+
+def test_a_folder_from_before_the_zoom_key_trained_with_the_default_zoom():
+    old = {"network": "lite", "crop": 224}
+    assert recipe_differences({**old, "zoom": (0.9, 1.8)}, old) == []
+    assert recipe_differences({**old, "zoom": [1.2, 2.4]}, old) == ["zoom"]
+
+
+@pytest.mark.parametrize("zoom, message", [
+    ([2.0, 1.0], "zoom must be"), (1.5, "zoom must be"), ([0, 1], "zoom must be"), ([True, 2], "zoom must be"),
+])
+@needs_data
+def test_a_bad_clip_zoom_is_refused_before_anything_is_written(tmp_path, zoom, message):
+    res = vos_train("--config", tiny_config(tmp_path / "z.yaml", zoom=zoom), "--out", tmp_path / "z")
+    assert res.exit_code != 0 and message in res.output
+    assert not (tmp_path / "z").exists()
+
+
+@needs_data
+def test_zoom_is_refused_for_static_pseudo_videos(tmp_path):
+    res = vos_train("--config", tiny_config(tmp_path / "s.yaml", dataset="static", zoom=[1, 2]),
+                    "--out", tmp_path / "s")
+    assert res.exit_code != 0 and "static: {zoom" in res.output

@@ -179,3 +179,20 @@ def test_synthesis_from_a_config():
     rng = np.random.default_rng(0)
     assert {Synthesis(objects=3, multi_prob=1.0).count(rng) for _ in range(50)} == {2, 3}
     assert {Synthesis(objects=3, multi_prob=0.0).count(rng) for _ in range(20)} == {1}
+
+
+def test_the_clip_zoom_scales_the_object_by_its_factor():
+    """The 24-px square at zoom 1 spans ~24 crop px, at zoom 2 ~48 (± the 5 % per-frame scale)."""
+    def widths(zoom):
+        ds = ClipDataset([moving_square_sequence(size=24, height=160, width=200)], crop=96, mean=MEAN,
+                         std=STD, seed=0, scale=(zoom, zoom))
+        out = []
+        for i in range(12):
+            mask = ds[i]["masks"][0, 0]
+            rows = np.flatnonzero(mask.any(1))
+            if len(rows) and 0 < rows[0] and rows[-1] < mask.shape[0] - 1:   # not cut by the crop
+                out.append(mask.sum() ** 0.5)
+        return np.median(out)
+
+    one, two = widths(1.0), widths(2.0)
+    assert 20 <= one <= 28 and 1.8 <= two / one <= 2.2

@@ -18,6 +18,19 @@ import numpy as np
 
 # recipe of training/README.md ("augmentation"): per frame rotation ±10°, scale ±5 %, shift ±4 %
 ROTATION, FRAME_SCALE, SHIFT = 10.0, (0.95, 1.05), 0.04
+# the clip zoom range of the bundled recipe (crop px per source px; config ``zoom``): on 240p
+# frames, 0.9–1.8 × the object sizes an sdk at 240 px internal sees (480 px internal: 2.0 ×)
+DEFAULT_ZOOM = (0.9, 1.8)
+
+
+def zoom_range(value, name: str = "zoom") -> tuple[float, float]:
+    """A config's zoom range [lo, hi] (crop px per source px) as floats; ValueError naming
+    ``name`` unless it is two numbers with 0 < lo ≤ hi."""
+    zoom = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if (len(zoom) != 2 or any(isinstance(z, bool) or not isinstance(z, (int, float)) for z in zoom)
+            or not 0 < zoom[0] <= zoom[1]):
+        raise ValueError(f"{name} must be [lo, hi] with 0 < lo ≤ hi (crop px per source px), got {value!r}")
+    return float(zoom[0]), float(zoom[1])
 
 
 def frame_matrices(rng: np.random.Generator, num_frames: int, crop: int, zoom: float,

@@ -9,10 +9,13 @@ import click
 
 from sdk.extras import MissingExtraError, extra_imports, require_extra
 
+# the named configs (training/configs/*.yaml), listed by --help
+CONFIGS = ", ".join(sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml")))
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", default="lite", show_default=True,
-              help="Training config: a name in training/configs (static, lite, heads, sam, tiny) or a YAML file.")
+              help=f"Training config: a name in training/configs ({CONFIGS}) or a YAML file.")
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="DAVIS-layout root (repeatable). Default: the config's `data` list.")
 @click.option("--split", default="train", show_default=True, help="Split file name in <root>/ImageSets/.")

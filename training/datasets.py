@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from sdk.davis import davis_sequence_dirs, read_split
 from sdk.io import iter_frames, read_mask
 
-from .augment import jitter_colour, warp_clip
+from .augment import DEFAULT_ZOOM, jitter_colour, warp_clip
 from .synthesis import REST, Source, Synthesis, paste
 
 
@@ -74,7 +74,7 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, sequences, crop=224, num_frames=3, max_skip=5, mean=(0.5,) * 3,
-                 std=(0.5,) * 3, scale=(0.9, 1.8), length=100_000, seed=0, synthesis=None, skip_schedule=None):
+                 std=(0.5,) * 3, scale=DEFAULT_ZOOM, length=100_000, seed=0, synthesis=None, skip_schedule=None):
         self.seqs = sequences
         self.crop, self.num_frames, self.max_skip = crop, num_frames, max_skip
         self.mean = np.asarray(mean, np.float32) * 255

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .augment import DEFAULT_ZOOM
+
 # may change between the runs of one folder (the rest is the recipe)
 RESUMABLE = frozenset({"iterations", "time_limit", "device", "amp", "publish", "init", "init_fresh",
                        "checkpoint_every", "val_every", "val", "workers"})
 # of the machine and session, not of the run: a resume gives them anew (else its defaults)
 SESSION = frozenset({"device", "amp", "workers", "time_limit", "publish"})
-DEFAULTS = {"objects": 1, "synthesis": {}, "dataset": "clips"}   # keys older run folders lack
+DEFAULTS = {"objects": 1, "synthesis": {}, "dataset": "clips", "zoom": list(DEFAULT_ZOOM)}   # keys older run folders lack
 
 
 class ResumeError(ValueError):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .augment import frame_matrices, warp_pair
+from .augment import frame_matrices, warp_pair, zoom_range
 
 REST = 254
 
@@ -64,10 +64,7 @@ class Synthesis:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-        zoom = tuple(self.zoom) if isinstance(self.zoom, (list, tuple)) else ()
-        if len(zoom) != 2 or not all(isinstance(z, (int, float)) for z in zoom) or not 0 < zoom[0] <= zoom[1]:
-            raise ValueError(f"zoom must be [lo, hi] with 0 < lo ≤ hi, got {self.zoom!r}")
-        object.__setattr__(self, "zoom", (float(zoom[0]), float(zoom[1])))
+        object.__setattr__(self, "zoom", zoom_range(self.zoom))
 
     @classmethod
     def from_config(cls, cfg: dict) -> Synthesis:

@@ -17,6 +17,9 @@ Checkpoints ``last.safetensors``/``last.json`` (+ ``last.optim.pt``) every
 wall time from the call) stops early with a checkpoint, so that fixed-time runs (a GPU lent
 for N minutes) chain through one run folder. ``objects`` > 1 trains multi-object clips
 (:mod:`training.synthesis`); ``workers`` > 0 builds batches in DataLoader processes.
+``zoom`` ([lo, hi], crop px per source px; default :data:`training.augment.DEFAULT_ZOOM`) is
+the clip zoom range: the object scale training sees (``lite480.yaml`` moves it to where an sdk
+at 480 px internal resolution works).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import yaml
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from .augment import DEFAULT_ZOOM, zoom_range
 from .datasets import ClipDataset, load_sequences
 from .heads import METHOD_HEADS
 from .loader import SkipSchedule, iterate_batches
@@ -128,7 +132,7 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     default: this call), e.g. the start of the vos-train process.
 
     Raises ConfigError (before anything is written) for options that cannot run here — no
-    CUDA for ``device: cuda``, a bad ``dataset``/``objects``/``synthesis``/``time_limit``/
+    CUDA for ``device: cuda``, a bad ``dataset``/``objects``/``synthesis``/``zoom``/``time_limit``/
     ``workers``, or an ``out`` folder whose run was started with another recipe.
     """
     began = time.time() if started is None else started
@@ -151,6 +155,13 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
                                    or time_limit <= 0):
         raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    try:
+        zoom = zoom_range(cfg.get("zoom", DEFAULT_ZOOM))
+    except ValueError as e:
+        raise ConfigError(f"config {e}") from None
+    if kind == "static" and "zoom" in cfg:
+        raise ConfigError("zoom is the clip zoom of dataset: clips; static pseudo-videos take theirs from "
+                          "the config's static: {zoom: [lo, hi]}")
     workers = cfg.get("workers", 0)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"workers must be an integer ≥ 0, got {workers!r}")
@@ -190,7 +201,7 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
                   length=cfg["iterations"] * cfg["batch_size"], seed=cfg["seed"])
     schedule = SkipSchedule(cfg, cfg["batch_size"])
     ds = (StaticPseudoVideoDataset(seqs, **common, **cfg.get("static", {})) if kind == "static"
-          else ClipDataset(seqs, **common, synthesis=synthesis, skip_schedule=schedule))
+          else ClipDataset(seqs, **common, scale=zoom, synthesis=synthesis, skip_schedule=schedule))
     bs = cfg["batch_size"]
     boot = cfg["bootstrap"]
     history = []
