@@ -32,8 +32,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from .augment import DEFAULT_ZOOM, zoom_range
+from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from .datasets import ClipDataset, load_sequences
 from .heads import METHOD_HEADS
 from .loader import SkipSchedule, iterate_batches
