@@ -18,8 +18,8 @@ wall time from the call) stops early with a checkpoint, so that fixed-time runs 
 for N minutes) chain through one run folder. ``objects`` > 1 trains multi-object clips
 (:mod:`training.synthesis`); ``workers`` > 0 builds batches in DataLoader processes.
 ``zoom`` ([lo, hi], crop px per source px; default :data:`training.augment.DEFAULT_ZOOM`) is
-the clip zoom range: the object scale training sees (``lite480.yaml`` moves it to where an sdk
-at 480 px internal resolution works).
+the clip zoom range: the object scale training sees (``lite480.yaml`` moves it to the scale an
+sdk at 480 px internal resolution sees; training/README.md "Stage 1b" has what that gave).
 """
 from __future__ import annotations
 
