@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks.report import MIB, save_figure
 from sdk import POLICIES, cli
+from sdk.manifest import MANIFEST_FILE, sha256_file
 
 EXAMPLES = """\b
 Examples:
@@ -33,8 +34,9 @@ Examples:
            --models bundled --methods every_k,lfu --resolutions 240 --json runs/quick.json
 
 \b
-A cell already in --json (same data, split and sequences) is not run again: an interrupted
-grid resumes where it stopped (--no-resume runs every cell). fps = frames / seconds in
+A cell already in --json (same data, split, sequences, --param values, providers and the same
+export: its manifest's sha256) is not run again: an interrupted grid resumes where it stopped;
+the cells of a re-exported model run again (--no-resume runs every cell). fps = frames / seconds in
 Segmenter.step; p50/p90 over every frame of the split; bank = the largest at a sequence's end;
 peak RSS = the cell's process (graphs, bank, frames).
 """
@@ -98,6 +100,28 @@ def run_cell(data: str, split: str, sequences: list[str], model: str | None, met
             "precision": segmenter.manifest.precision["dtype"], "providers": segmenter.providers,
             "resolution": segmenter.resolution or "native", "per_sequence": per_sequence,
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+def resumable_cells(old: dict, report: dict) -> list[dict]:
+    """The cells of an earlier grid ``old`` that this run (``report``) may keep instead of running
+    again: same data, split, sequences, --param values and providers, and each cell's model
+    still the same export (the sha256 of its manifest.json, which lists every graph's sha256).
+    Cells of a model re-exported since (or of a grid that recorded no digests) are dropped with a
+    line on stderr saying how many and why, so a changed export is never reported with the old
+    one's scores."""
+    same_run = all(old.get(k) == report[k] for k in ("data", "split", "sequences", "params", "providers"))
+    if not same_run:
+        if old.get("cells"):
+            click.echo(f"vos-grid: not resuming {len(old['cells'])} cell(s): the earlier run had other data, "
+                       "split, sequences, --param values or providers", err=True)
+        return []
+    then, now = old.get("model_manifests_sha256") or {}, report["model_manifests_sha256"]
+    kept = [c for c in old.get("cells", []) if c.get("model") in now and then.get(c["model"]) == now[c["model"]]]
+    stale = sorted({c.get("model") for c in old.get("cells", []) if c not in kept and c.get("model") in now})
+    if stale:
+        click.echo(f"vos-grid: running again the cells of {', '.join(map(str, stale))}: the export differs from "
+                   "the one the earlier run measured (or that run recorded no manifest digest)", err=True)
+    return kept
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -177,7 +201,8 @@ def plot(cells: list[dict], path: Path, title: str) -> Path:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="PNG: J&F against fps with the Pareto front (needs matplotlib).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Keep the cells --json already holds for the same data, split and sequences.")
+              help="Keep the cells --json already holds for the same data, split, sequences, --param values, "
+                   "providers and exports (manifest sha256).")
 def main(data, split, sequences, models, resolutions, methods, providers, params, json_path, table, plot_path,
          resume):
     """Evaluate every (export, internal resolution, memory policy) on a DAVIS split: J&F, fps,
@@ -187,16 +212,17 @@ def main(data, split, sequences, models, resolutions, methods, providers, params
 
     with cli.user_errors():
         names = split_sequences(data, split, sequences)
+        digests = {}
         for name, folder in models.items():   # a bad export or parameter fails now, not after an hour
-            used = cli.make_segmenter(Path(folder) if folder else None, methods[0], resolutions[0], providers,
-                                      params).providers
+            segmenter = cli.make_segmenter(Path(folder) if folder else None, methods[0], resolutions[0], providers,
+                                           params)
+            used, digests[name] = segmenter.providers, sha256_file(segmenter.manifest.root / MANIFEST_FILE)
     report = {"format": "vosedge-grid", "version": 1, "command": "vos-grid " + " ".join(sys.argv[1:]),
-              "data": str(data), "split": split, "sequences": names, "models": models, "params": params,
+              "data": str(data), "split": split, "sequences": names, "models": models,
+              "model_manifests_sha256": digests, "params": params, "providers": providers,
               "machine": bench_machine(used), "cells": []}
     if resume and json_path.is_file():
-        old = json.loads(json_path.read_text())
-        if (old.get("data"), old.get("split"), old.get("sequences")) == (str(data), split, names):
-            report["cells"] = old.get("cells", [])
+        report["cells"] = resumable_cells(json.loads(json_path.read_text()), report)
     done = {(c["model"], str(c["resolution"]), c["method"]) for c in report["cells"]}
     todo = [(m, r, name) for m in methods for r in resolutions for name in models
             if (name, str(r if r is not None else "native"), m) not in done]

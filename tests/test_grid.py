@@ -60,3 +60,30 @@ def test_grid_refuses_bad_options_before_running(tmp_path, tiny_export):
     result = runner.invoke(grid.main, [*base, "--models", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "manifest.json" in result.output
     assert not (tmp_path / "g.json").exists()
+
+
+def test_grid_runs_again_the_cells_of_a_re_exported_model(tmp_path, tiny_export):
+    """Resuming keys on the export itself (its manifest's sha256), not on its name: a model
+    re-exported into the same folder is measured again, the unchanged one is kept; another
+    --param value keeps nothing."""
+    import shutil
+
+    make_dataset(tmp_path / "data")
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_export, changed)
+    models = ["--models", f"a={tiny_export},b={changed}", "--methods", "first_latest", "--resolutions", "64"]
+    first = _run(tmp_path, *models)["cells"]
+    assert set(_run(tmp_path, *models)["model_manifests_sha256"]) == {"a", "b"}
+    manifest = json.loads((changed / "manifest.json").read_text())
+    manifest["top_k"] = manifest["top_k"] // 2                      # a different, valid export
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+    args = ["--data", tmp_path / "data", "--split", "val", "--json", tmp_path / "grid.json", *models]
+    result = CliRunner().invoke(grid.main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "running again the cells of b: the export differs" in result.output
+    again = json.loads((tmp_path / "grid.json").read_text())["cells"]
+    assert again[0] == first[0] and again[1] != first[1] and [c["model"] for c in again] == ["a", "b"]
+
+    result = CliRunner().invoke(grid.main, [str(a) for a in [*args, "--param", "threads=1"]])
+    assert result.exit_code == 0 and "not resuming 2 cell(s)" in result.output
+    assert json.loads((tmp_path / "grid.json").read_text())["params"]
