@@ -107,8 +107,9 @@ def resumable_cells(old: dict, report: dict) -> list[dict]:
     again: same data, split, sequences, --param values and providers, and each cell's model
     still the same export (the sha256 of its manifest.json, which lists every graph's sha256).
     Cells of a model re-exported since (or of a grid that recorded no digests) are dropped with a
-    line on stderr saying how many and why, so a changed export is never reported with the old
-    one's scores."""
+    line on stderr naming the model, so a changed export is never reported with the old one's
+    scores; cells of models this run does not name are kept as they were (with their digest, which
+    this function adds to ``report``)."""
     same_run = all(old.get(k) == report[k] for k in ("data", "split", "sequences", "params", "providers"))
     if not same_run:
         if old.get("cells"):
@@ -116,8 +117,12 @@ def resumable_cells(old: dict, report: dict) -> list[dict]:
                        "split, sequences, --param values or providers", err=True)
         return []
     then, now = old.get("model_manifests_sha256") or {}, report["model_manifests_sha256"]
-    kept = [c for c in old.get("cells", []) if c.get("model") in now and then.get(c["model"]) == now[c["model"]]]
-    stale = sorted({c.get("model") for c in old.get("cells", []) if c not in kept and c.get("model") in now})
+    # cells of models this run does not name stay in the file as they were, with their digest
+    kept = [c for c in old.get("cells", []) if c.get("model") not in now or then.get(c["model"]) == now[c["model"]]]
+    for name in {c.get("model") for c in kept} - set(now):
+        if name in then:
+            now[name] = then[name]
+    stale = sorted({c.get("model") for c in old.get("cells", []) if c not in kept})
     if stale:
         click.echo(f"vos-grid: running again the cells of {', '.join(map(str, stale))}: the export differs from "
                    "the one the earlier run measured (or that run recorded no manifest digest)", err=True)

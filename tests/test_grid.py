@@ -64,8 +64,8 @@ def test_grid_refuses_bad_options_before_running(tmp_path, tiny_export):
 
 def test_grid_runs_again_the_cells_of_a_re_exported_model(tmp_path, tiny_export):
     """Resuming keys on the export itself (its manifest's sha256), not on its name: a model
-    re-exported into the same folder is measured again, the unchanged one is kept; another
-    --param value keeps nothing."""
+    re-exported into the same folder is measured again, the unchanged one is kept, a model left out
+    of --models keeps its cells in the file; another --param value keeps nothing."""
     import shutil
 
     make_dataset(tmp_path / "data")
@@ -83,6 +83,8 @@ def test_grid_runs_again_the_cells_of_a_re_exported_model(tmp_path, tiny_export)
     assert "running again the cells of b: the export differs" in result.output
     again = json.loads((tmp_path / "grid.json").read_text())["cells"]
     assert again[0] == first[0] and again[1] != first[1] and [c["model"] for c in again] == ["a", "b"]
+    only_a = _run(tmp_path, "--models", f"a={tiny_export}", "--methods", "first_latest", "--resolutions", "64")
+    assert only_a["cells"] == again and set(only_a["model_manifests_sha256"]) == {"a", "b"}   # b's cell kept
 
     result = CliRunner().invoke(grid.main, [str(a) for a in [*args, "--param", "threads=1"]])
     assert result.exit_code == 0 and "not resuming 2 cell(s)" in result.output
