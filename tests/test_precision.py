@@ -283,8 +283,10 @@ def test_missing_calibration_data_is_a_calibration_error(tiny_export, tmp_path):
 @pytest.mark.skipif(not (DATA / "davis2016-240p").is_dir(), reason="../shared/data is absent")
 def test_default_int8_choice_passes_parity_on_real_frames(bundled_240, tmp_path):
     root = DATA / "davis2016-240p"
+    # a reduced calibration (the default is 8 sequences x 10 frames) for speed; with 2 sequences
+    # the 2026-12-02 bundle lands at mean IoU 0.9898, with 3 at 0.9906 (the full export: 0.9933)
     raw = convert_export(bundled_240, tmp_path / "int8", "int8", calibration_data=root,
-                         calibration_sequences=2, calibration_frames=6, samples_per_graph=12,
+                         calibration_sequences=3, calibration_frames=6, samples_per_graph=12,
                          parity_data=load_clips(root, "val", 2, 10, "--parity-data"))
     parity = raw["precision"]["parity"]
     assert parity["mean_iou"] >= 0.99 and set(parity["graphs_rel_error"]) == {"decoder"}
