@@ -102,31 +102,34 @@ def run_cell(data: str, split: str, sequences: list[str], model: str | None, met
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def resumable_cells(old: dict, report: dict) -> list[dict]:
-    """The cells of an earlier grid ``old`` that this run (``report``) may keep instead of running
-    again: same data, split, sequences, --param values and providers, and each cell's model
-    still the same export (the sha256 of its manifest.json, which lists every graph's sha256).
-    Cells of a model re-exported since (or of a grid that recorded no digests) are dropped with a
-    line on stderr naming the model, so a changed export is never reported with the old one's
-    scores; cells of models this run does not name are kept as they were (with their digest, which
-    this function adds to ``report``)."""
-    same_run = all(old.get(k) == report[k] for k in ("data", "split", "sequences", "params", "providers"))
-    if not same_run:
-        if old.get("cells"):
-            click.echo(f"vos-grid: not resuming {len(old['cells'])} cell(s): the earlier run had other data, "
+def resumable_cells(old: dict, report: dict) -> tuple[list[dict], dict[str, str]]:
+    """The cells of an earlier grid ``old`` (its parsed --json) that this run (``report``) may
+    keep instead of running again, and the manifest digests ({model name: sha256 hex}) of the
+    models they belong to that this run does not name. A cell is kept when the data, split,
+    sequences, --param values and providers are the same and its model is still the same export
+    (the sha256 of its manifest.json, which lists every graph's sha256) — or is not in this run
+    at all (its cells stay in the file as they were). The cells of a model re-exported since (or
+    of a grid that recorded no digests) are dropped with a line on stderr naming the model, so a
+    changed export is never reported with the old one's scores. Raises nothing."""
+    cells = old.get("cells", [])
+    if not all(old.get(k) == report[k] for k in ("data", "split", "sequences", "params", "providers")):
+        if cells:
+            click.echo(f"vos-grid: not resuming {len(cells)} cell(s): the earlier run had other data, "
                        "split, sequences, --param values or providers", err=True)
-        return []
+        return [], {}
     then, now = old.get("model_manifests_sha256") or {}, report["model_manifests_sha256"]
-    # cells of models this run does not name stay in the file as they were, with their digest
-    kept = [c for c in old.get("cells", []) if c.get("model") not in now or then.get(c["model"]) == now[c["model"]]]
-    for name in {c.get("model") for c in kept} - set(now):
-        if name in then:
-            now[name] = then[name]
-    stale = sorted({c.get("model") for c in old.get("cells", []) if c not in kept})
+    kept, stale = [], set()
+    for c in cells:
+        name = c.get("model")
+        if name in now and then.get(name) != now[name]:
+            stale.add(name)
+        else:
+            kept.append(c)
     if stale:
-        click.echo(f"vos-grid: running again the cells of {', '.join(map(str, stale))}: the export differs from "
-                   "the one the earlier run measured (or that run recorded no manifest digest)", err=True)
-    return kept
+        click.echo(f"vos-grid: running again the cells of {', '.join(sorted(map(str, stale)))}: the export differs "
+                   "from the one the earlier run measured (or that run recorded no manifest digest)", err=True)
+    others = {c.get("model") for c in kept} - set(now)
+    return kept, {name: then[name] for name in others if name in then}
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -227,7 +230,8 @@ def main(data, split, sequences, models, resolutions, methods, providers, params
               "model_manifests_sha256": digests, "params": params, "providers": providers,
               "machine": bench_machine(used), "cells": []}
     if resume and json_path.is_file():
-        report["cells"] = resumable_cells(json.loads(json_path.read_text()), report)
+        report["cells"], others = resumable_cells(json.loads(json_path.read_text()), report)
+        report["model_manifests_sha256"].update(others)
     done = {(c["model"], str(c["resolution"]), c["method"]) for c in report["cells"]}
     todo = [(m, r, name) for m in methods for r in resolutions for name in models
             if (name, str(r if r is not None else "native"), m) not in done]
