@@ -128,6 +128,38 @@ def test_a_pasted_duplicate_is_the_same_object_under_its_own_label():
     assert seen >= 4
 
 
+def test_a_distractor_is_pasted_as_background_and_is_nobody_s_target():
+    """A single-object clip (objects: 1, the bundled recipe) with a distractor in every clip,
+    always a copy of the target: two red squares in the frames, one labelled, the other
+    background in every frame and outside the other-objects channel."""
+    ds = ClipDataset([moving_square_sequence()], crop=64, mean=MEAN, std=STD, seed=3,
+                     synthesis={"objects": 1, "distractor_prob": 1.0, "duplicate_prob": 1.0, "min_pixels": 60})
+    seen = 0
+    for i in range(8):
+        frames, canvas, sources = ds.sample(i)
+        assert sources[0].kind == "clip"
+        if len(sources) < 2:
+            continue
+        assert [s.kind for s in sources] == ["clip", "distractor"] and sources[1].object == 1
+        item = ds[i]
+        assert np.array_equal(item["valid"], [1.0])
+        assert set(np.unique(canvas)) <= {0, 1}
+        if np.allclose(frames[0][..., 0], frames[0][..., 1], atol=1):
+            continue
+        red, target = redness(frames[0]), item["masks"][0, 0] > 0      # frame 0: both fully in view
+        assert target.sum() >= 60 and red[target].mean() > 0.8, i
+        assert (red & ~target).sum() >= 60, i                           # the copy: red and background
+        for t in range(3):                                              # later frames may hide either
+            assert not item["others"][t, 0][redness(frames[t]) & (item["masks"][t, 0] == 0)].any()
+        seen += 1
+    assert seen >= 4
+    # without distractors the same clips have one red square
+    plain = ClipDataset([moving_square_sequence()], crop=64, mean=MEAN, std=STD, seed=3,
+                        synthesis={"objects": 1, "min_pixels": 60})
+    frames, _, sources = plain.sample(0)
+    assert len(sources) == 1 and (redness(frames[0]) & ~(plain[0]["masks"][0, 0] > 0)).sum() < 30
+
+
 def test_later_pastes_occlude_earlier_objects():
     """Object 1 fills the crop's centre; a pasted red square lands on it: its pixels take the
     new label and the donor's colour in every frame, object 1 loses exactly those pixels."""
@@ -162,6 +194,7 @@ def test_later_pastes_occlude_earlier_objects():
     ({"objects": 2.5}, "objects must be an integer"),
     ({"multi_prob": 1.5}, "multi_prob must be a probability"),
     ({"duplicate_prob": -0.1}, "duplicate_prob must be a probability"),
+    ({"distractor_prob": 2}, "distractor_prob must be a probability"),
     ({"zoom": [2.0, 1.0]}, "zoom must be"),
     ({"zoom": 1.0}, "zoom must be"),
 ])

@@ -39,6 +39,11 @@ CONFIGS = ", ".join(sorted(p.stem for p in (Path(__file__).parent / "configs").g
 @click.option("--duplicate-prob", type=click.FloatRange(0, 1),
               help="Probability that a pasted object is a copy of one already in the clip (a look-alike to "
                    "keep apart). Default: the config's synthesis.duplicate_prob, else 0.3.")
+@click.option("--distractor-prob", type=click.FloatRange(0, 1),
+              help="Probability that a clip also gets a pasted distractor: an object (a copy of a target "
+                   "with --duplicate-prob) labelled background, so that look-alikes and unannotated objects "
+                   "stay out of the mask; works with --objects 1 too. Default: the config's "
+                   "synthesis.distractor_prob, else 0.")
 @click.option("--batch-size", type=click.IntRange(1), help="Override the config's clips per batch.")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this much wall time (from the start, data loading included) with a "
@@ -57,7 +62,7 @@ CONFIGS = ", ".join(sorted(p.stem for p in (Path(__file__).parent / "configs").g
 @click.option("--amp/--no-amp", default=None,
               help="bfloat16 autocast (mixed precision). Default: on for cuda, off for cpu.")
 def main(config, data, split, out, iterations, threads, method, init, objects, multi_prob, duplicate_prob,
-         batch_size, time_limit, workers, resume, publish, device, amp):
+         distractor_prob, batch_size, time_limit, workers, resume, publish, device, amp):
     """Train the key/value encoders, decoder and method heads on T-frame clips (STCN main
     training; RDE-VOS's 5-frame STM + SAM pattern training when the network has SAM).
 
@@ -88,7 +93,7 @@ def main(config, data, split, out, iterations, threads, method, init, objects, m
         from .run_folder import ResumeError, saved_config
 
         given = [name for name in ("config", "data", "split", "out", "method", "init", "objects", "multi_prob",
-                                   "duplicate_prob", "batch_size")
+                                   "duplicate_prob", "distractor_prob", "batch_size")
                  if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if given:
             raise click.UsageError(f"--resume takes the run's own config: drop "
@@ -107,7 +112,7 @@ def main(config, data, split, out, iterations, threads, method, init, objects, m
                  "batch_size": batch_size, "time_limit": time_limit, "workers": workers,
                  "device": None if device == "auto" else device, "amp": amp}
     cfg.update({k: v for k, v in overrides.items() if v is not None})
-    synthesis = {"multi_prob": multi_prob, "duplicate_prob": duplicate_prob}
+    synthesis = {"multi_prob": multi_prob, "duplicate_prob": duplicate_prob, "distractor_prob": distractor_prob}
     if any(v is not None for v in synthesis.values()):
         cfg["synthesis"] = {**(cfg.get("synthesis") or {}), **{k: v for k, v in synthesis.items() if v is not None}}
     if method:

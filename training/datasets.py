@@ -103,7 +103,8 @@ class ClipDataset(Dataset):
     def sample(self, item) -> tuple[list[np.ndarray], np.ndarray, list[Source]]:
         """The clip of ``item`` before normalisation → (frames: T float32 [S,S,3] RGB in
         0..255, canvas: uint8 [T,S,S] label slots as :mod:`training.synthesis`, sources: one
-        :class:`~training.synthesis.Source` per used slot)."""
+        :class:`~training.synthesis.Source` per used slot, then the distractor's if one was
+        pasted)."""
         syn = self.synthesis
         rng = np.random.default_rng((self.seed, item))
         max_skip = self.skip_schedule(item) if self.skip_schedule else self.max_skip
@@ -126,37 +127,53 @@ class ClipDataset(Dataset):
             canvas[labels == obj] = slot
         sources = [Source("clip", s, obj) for obj in chosen]
         while len(sources) < count:
-            for _ in range(syn.tries):
-                if sources and rng.random() < syn.duplicate_prob:
-                    copied = sources[int(rng.integers(len(sources)))]
-                    d, obj = copied.sequence, copied.object
-                    donor = self.seqs[d]
-                    idx = self._frame_indices(rng, len(donor.frames), max_skip)
-                    if not (donor.masks[idx[0]] == obj).any():
-                        continue
-                else:
-                    d = int(rng.integers(len(self.seqs)))
-                    donor = self.seqs[d]
-                    idx = self._frame_indices(rng, len(donor.frames), max_skip)
-                    candidates = self._present(donor.masks[idx[0]])
-                    if not candidates:
-                        continue
-                    obj = candidates[int(rng.integers(len(candidates)))]
-                if paste(rng, frames, canvas, len(sources) + 1, [donor.frames[i] for i in idx],
-                         [donor.masks[i] for i in idx], obj, syn.zoom, fill, syn.min_pixels):
-                    kind = "duplicate" if any((x.sequence, x.object) == (d, obj) for x in sources) else "pasted"
-                    sources.append(Source(kind, d, obj))
-                    break
-            else:
+            pasted = self._paste_one(rng, frames, canvas, sources, max_skip, fill)
+            if not pasted:
                 break           # no paste fitted: the clip keeps fewer objects
+            sources.append(pasted)
+        if sources and syn.distractor(rng):
+            distractor = self._paste_one(rng, frames, canvas, sources, max_skip, fill, distractor=True)
+            if distractor:
+                sources.append(distractor)
         return jitter_colour(rng, frames), canvas, sources
+
+    def _paste_one(self, rng, frames, canvas, sources, max_skip, fill, distractor=False) -> Source | None:
+        """Paste one object onto the clip (in place; :func:`training.synthesis.paste`): a copy
+        of one of ``sources`` (the clip's slots) with probability ``duplicate_prob``, else an
+        object of a random sequence; as the next slot, or as background with ``distractor``.
+        Up to ``tries`` draws → its :class:`~training.synthesis.Source`, or None if none fitted."""
+        syn = self.synthesis
+        for _ in range(syn.tries):
+            if sources and rng.random() < syn.duplicate_prob:
+                copied = sources[int(rng.integers(len(sources)))]
+                d, obj = copied.sequence, copied.object
+                donor = self.seqs[d]
+                idx = self._frame_indices(rng, len(donor.frames), max_skip)
+                if not (donor.masks[idx[0]] == obj).any():
+                    continue
+            else:
+                d = int(rng.integers(len(self.seqs)))
+                donor = self.seqs[d]
+                idx = self._frame_indices(rng, len(donor.frames), max_skip)
+                candidates = self._present(donor.masks[idx[0]])
+                if not candidates:
+                    continue
+                obj = candidates[int(rng.integers(len(candidates)))]
+            if paste(rng, frames, canvas, len(sources) + (0 if distractor else 1), [donor.frames[i] for i in idx],
+                     [donor.masks[i] for i in idx], obj, syn.zoom, fill, syn.min_pixels, distractor=distractor):
+                if distractor:
+                    return Source("distractor", d, obj)
+                return Source("duplicate" if any((x.sequence, x.object) == (d, obj) for x in sources) else "pasted",
+                              d, obj)
+        return None
 
     def __getitem__(self, item):
         frames, canvas, sources = self.sample(item)
         n = self.synthesis.objects
         masks = (canvas[:, None] == np.arange(1, n + 1, dtype=np.uint8)[None, :, None, None]).astype(np.float32)
         others = (canvas == REST).astype(np.float32)[:, None]
-        valid = (np.arange(n) < len(sources)).astype(np.float32)
+        slots = sum(source.kind != "distractor" for source in sources)
+        valid = (np.arange(n) < slots).astype(np.float32)
         x = (np.stack(frames) - self.mean) / self.std
         return {"frames": x.transpose(0, 3, 1, 2).astype(np.float32), "masks": masks, "others": others,
                 "valid": valid}

@@ -21,6 +21,18 @@ lose the covered pixels. A paste is kept only if afterwards every object of the 
 one included, still has ≥ ``min_pixels`` px in frame 0 (up to ``tries`` draws per object;
 after that the clip keeps fewer objects and the unused slots are marked invalid).
 
+With probability ``distractor_prob`` a clip also gets one **distractor**: an object pasted
+like the others (a copy of one of the clip's objects with probability ``duplicate_prob``,
+else another sequence's) but labelled background in every frame and absent from the
+other-objects channel — a salient thing that is nobody's target. Single-object clips get them
+too (``objects: 1``), so the network learns to leave a look-alike or an unannotated object out
+of the mask (issue 15, "distractors"): a core fine-tuned on multi-object clips without them
+(``lite3-main``) takes a graffiti figure into ``bmx-trees``'s mask from frame ~36 on, 6800–9300
+false-positive px a frame at 480p, where the single-object core has 600–2400.
+It is pasted last, over the targets, and kept only if every target still has
+≥ ``min_pixels`` px in frame 0 and the distractor has as many. (Our addition; STCN and XMem
+paste targets only.)
+
 Label canvas: uint8 [T,S,S], 0 background, 1..N the clip's objects in slot order, ``REST``
 the base clip's objects that are not trained (they stay in the other-objects channel as
 ground truth, as the single-object recipe does; void counts as background).
@@ -43,6 +55,8 @@ class Synthesis:
     objects: N, objects trained jointly per clip (1 = the single-object recipe of the bundled
         model: no pasting, plain BCE); multi_prob: probability of a clip with 2..N objects;
         duplicate_prob: probability that a pasted object copies one already in the clip;
+        distractor_prob: probability that a clip gets one pasted distractor (labelled
+        background; 0 = none, and no random draw, so older runs reproduce);
         zoom: (lo, hi) scale of a pasted object's clip, crop px per source px; min_pixels:
         first-frame size (px) every object of a clip keeps; tries: draws per pasted object.
     Raises ValueError naming the bad option.
@@ -51,6 +65,7 @@ class Synthesis:
     objects: int = 1
     multi_prob: float = 0.5
     duplicate_prob: float = 0.3
+    distractor_prob: float = 0.0
     zoom: tuple[float, float] = (0.5, 1.2)
     min_pixels: int = 100
     tries: int = 5
@@ -60,7 +75,7 @@ class Synthesis:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
-        for name in ("multi_prob", "duplicate_prob"):
+        for name in ("multi_prob", "duplicate_prob", "distractor_prob"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
@@ -83,11 +98,16 @@ class Synthesis:
             return 1
         return int(rng.integers(2, self.objects + 1))
 
+    def distractor(self, rng: np.random.Generator) -> bool:
+        """Whether a clip gets a distractor (no draw at all when distractor_prob = 0)."""
+        return self.distractor_prob > 0 and rng.random() < self.distractor_prob
+
 
 @dataclass(frozen=True)
 class Source:
     """Where an object of a clip comes from: ``kind`` "clip" (the base clip's own object),
-    "pasted" (another sequence's) or "duplicate" (a copy of an object already in the clip);
+    "pasted" (another sequence's), "duplicate" (a copy of an object already in the clip) or
+    "distractor" (pasted and labelled background; not a slot);
     ``sequence`` index into the dataset's sequences, ``object`` its id there."""
 
     kind: str
@@ -102,14 +122,17 @@ def centroid(mask: np.ndarray) -> tuple[float, float]:
 
 
 def paste(rng: np.random.Generator, frames: list, canvas: np.ndarray, slot: int, donor_frames: list,
-          donor_labels: list, donor_object: int, zoom: tuple[float, float], fill, min_pixels: int) -> bool:
-    """Paste object ``donor_object`` of a donor clip onto a clip, in place, as label ``slot``.
+          donor_labels: list, donor_object: int, zoom: tuple[float, float], fill, min_pixels: int,
+          distractor: bool = False) -> bool:
+    """Paste object ``donor_object`` of a donor clip onto a clip, in place, as label ``slot``
+    (or, with ``distractor``, as background over the objects 1..slot).
 
     frames: the clip's T RGB uint8 [S,S,3] (modified), canvas uint8 [T,S,S] (modified; slots
-    1..slot−1 hold the objects so far); donor_frames RGB uint8 [H,W,3] and donor_labels uint8
-    [H,W] (T each, the object present in the first); zoom: range of the donor's zoom; fill: the
-    border colour (RGB 0..255). Geometry in the module docstring. Returns False — and changes
-    nothing — when afterwards an object 1..slot would have < ``min_pixels`` px in frame 0.
+    1..slot−1 hold the objects so far, 1..slot for a distractor); donor_frames RGB uint8
+    [H,W,3] and donor_labels uint8 [H,W] (T each, the object present in the first); zoom: range
+    of the donor's zoom; fill: the border colour (RGB 0..255). Geometry in the module
+    docstring. Returns False — and changes nothing — when afterwards an object 1..slot (or the
+    distractor) would have < ``min_pixels`` px in frame 0.
     """
     crop = canvas.shape[-1]
     pivot = centroid(donor_labels[0] == donor_object)
@@ -119,12 +142,15 @@ def paste(rng: np.random.Generator, frames: list, canvas: np.ndarray, slot: int,
     mats = frame_matrices(rng, len(frames), crop, f, (f * pivot[0] - target[0], f * pivot[1] - target[1]), pivot)
     warped = [warp_pair(im, (lb == donor_object).astype(np.uint8), m, crop, fill, flip)
               for im, lb, m in zip(donor_frames, donor_labels, mats)]
+    label = 0 if distractor else slot
     first = canvas[0].copy()
-    first[warped[0][1] > 0] = slot
-    if np.bincount(first.ravel(), minlength=slot + 1)[1:slot + 1].min() < min_pixels:
+    first[warped[0][1] > 0] = label
+    if np.bincount(first.ravel(), minlength=slot + 1)[1:slot + 1].min(initial=min_pixels) < min_pixels:
+        return False
+    if distractor and np.count_nonzero(warped[0][1]) < min_pixels:
         return False
     for t, (im, mk) in enumerate(warped):
         on = mk > 0
         frames[t][on] = im[on]
-        canvas[t][on] = slot
+        canvas[t][on] = label
     return True
