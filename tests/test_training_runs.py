@@ -58,6 +58,9 @@ def test_stage_0_chains_into_multi_object_stage_1_from_the_cli(tmp_path):
     assert saved["objects"] == 2 and saved["data"] == [{"root": str(SCHOOLGIRLS), "split": "train"}]
     res = vos_train("--config", stage0, "--objects", "2", "--out", tmp_path / "bad")
     assert res.exit_code != 0 and "needs dataset: clips" in res.output
+    res = vos_train("--config", stage0, "--distractor-prob", "0.5", "--out", tmp_path / "bad2")
+    assert res.exit_code != 0 and "distractor_prob > 0 (pasted distractors) needs dataset: clips" in res.output
+    assert not (tmp_path / "bad2" / "last.safetensors").exists()
 
 
 @needs_data
