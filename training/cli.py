@@ -42,8 +42,9 @@ CONFIGS = ", ".join(sorted(p.stem for p in (Path(__file__).parent / "configs").g
 @click.option("--distractor-prob", type=click.FloatRange(0, 1),
               help="Probability that a clip also gets a pasted distractor: an object (a copy of a target "
                    "with --duplicate-prob) labelled background, so that look-alikes and unannotated objects "
-                   "stay out of the mask; works with --objects 1 too. Default: the config's "
-                   "synthesis.distractor_prob, else 0.")
+                   "stay out of the mask; works with --objects 1 too. Experimental: at 0.5 it cost ~6 J&F "
+                   "on DAVIS 2016 val (training/README.md). Default: the config's synthesis.distractor_prob, "
+                   "else 0.")
 @click.option("--batch-size", type=click.IntRange(1), help="Override the config's clips per batch.")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this much wall time (from the start, data loading included) with a "

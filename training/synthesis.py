@@ -31,7 +31,9 @@ of the mask (issue 15, "distractors"): a core fine-tuned on multi-object clips w
 false-positive px a frame at 480p, where the single-object core has 600–2400.
 It is pasted last, over the targets, and kept only if every target still has
 ≥ ``min_pixels`` px in frame 0 and the distractor has as many. (Our addition; STCN and XMem
-paste targets only.)
+paste targets only.) Measured 2026-12-02 (``training/README.md``): at 0.5, with copies of the
+target among them, it cost ~6 J&F on DAVIS 2016 val (the dancers are given up), so it is off by
+default.
 
 Label canvas: uint8 [T,S,S], 0 background, 1..N the clip's objects in slot order, ``REST``
 the base clip's objects that are not trained (they stay in the other-objects channel as
@@ -142,12 +144,12 @@ def paste(rng: np.random.Generator, frames: list, canvas: np.ndarray, slot: int,
     mats = frame_matrices(rng, len(frames), crop, f, (f * pivot[0] - target[0], f * pivot[1] - target[1]), pivot)
     warped = [warp_pair(im, (lb == donor_object).astype(np.uint8), m, crop, fill, flip)
               for im, lb, m in zip(donor_frames, donor_labels, mats)]
+    if distractor and np.count_nonzero(warped[0][1]) < min_pixels:
+        return False
     label = 0 if distractor else slot
     first = canvas[0].copy()
     first[warped[0][1] > 0] = label
-    if np.bincount(first.ravel(), minlength=slot + 1)[1:slot + 1].min(initial=min_pixels) < min_pixels:
-        return False
-    if distractor and np.count_nonzero(warped[0][1]) < min_pixels:
+    if np.bincount(first.ravel(), minlength=slot + 1)[1:slot + 1].min() < min_pixels:
         return False
     for t, (im, mk) in enumerate(warped):
         on = mk > 0

@@ -149,10 +149,11 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
         synthesis = Synthesis.from_config(cfg)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config objects/synthesis: {e}") from None
-    if kind == "static" and synthesis.objects > 1:
-        raise ConfigError("objects > 1 (multi-object synthesis) needs dataset: clips, not static")
-    if kind == "static" and synthesis.distractor_prob > 0:
-        raise ConfigError("synthesis.distractor_prob > 0 (pasted distractors) needs dataset: clips, not static")
+    if kind == "static":                     # still images: nothing is pasted
+        if synthesis.objects > 1:
+            raise ConfigError("objects > 1 (multi-object synthesis) needs dataset: clips, not static")
+        if synthesis.distractor_prob > 0:
+            raise ConfigError("synthesis.distractor_prob > 0 (pasted distractors) needs dataset: clips, not static")
     time_limit = cfg.get("time_limit")
     if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
                                    or time_limit <= 0):
