@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -111,6 +112,46 @@ def test_the_fixed_time_script_trains_publishes_and_leaves_a_resumable_run(tmp_p
     assert res.exit_code == 0, res.output
     assert iterations(run)[-1] == done + 1
 
+
+
+def gpu_run(tmp_path, seconds, *options, **env):
+    run, weights, scratch = tmp_path / "run", tmp_path / "weights", tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "THREADS": "1", "MARGIN": "0", "TMPDIR": str(scratch), **env}
+    proc = subprocess.run([str(ROOT / "training" / "gpu_run.sh"), str(seconds), str(weights), str(run), "--",
+                           "--config", "tiny", *options, "--data", str(SCHOOLGIRLS)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+    return proc, run, scratch
+
+
+@needs_data
+def test_the_fixed_time_script_sizes_a_new_run_to_the_time_left(tmp_path):
+    proc, run, scratch = gpu_run(tmp_path, 30, "--iterations", "auto", CALIBRATE="6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sized = re.search(r"--iterations auto: ([0-9.]+) s/iteration, .*: (\d+) iterations", proc.stderr)
+    assert sized, proc.stderr[-2000:]
+    n = int(sized.group(2))
+    assert n >= 6
+    saved = json.loads((run / "last.json").read_text())["state"]
+    assert saved["train_config"]["iterations"] == n          # the schedules are fractions of this N
+    assert 1 <= saved["iteration"] <= n
+    real = re.search(r"\+ vos-train --config tiny --iterations (\d+) .*--time-limit (\d+) ", proc.stderr)
+    assert real and int(real.group(1)) == n
+    assert int(real.group(2)) < 30                           # the calibration's wall time is taken off
+    assert not list(scratch.glob("gpu_run-calibrate.*"))      # the calibration run is removed
+
+
+@needs_data
+@pytest.mark.parametrize("seconds, env, message", [
+    (1, {"CALIBRATE": "6"}, "only -?\\d+ iterations fit in the time left"),
+    (30, {"CALIBRATE": "3"}, "CALIBRATE must be at least 6, got 3"),
+    (30, {"CALIBRATE": "x"}, "CALIBRATE must be a whole number, got 'x'"),
+])
+def test_the_fixed_time_script_refuses_a_run_that_cannot_be_sized(tmp_path, seconds, env, message):
+    proc, run, scratch = gpu_run(tmp_path, seconds, "--iterations", "auto", **env)
+    assert proc.returncode != 0
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
+    assert not run.exists() and not list(scratch.glob("gpu_run-calibrate.*"))
 
 def test_batches_from_workers_equal_the_in_process_ones():
     from training.datasets import ClipDataset, Sequence

@@ -12,6 +12,13 @@
 # new run starts with the options after -- (default: stage 1 with multi-object synthesis,
 # --config lite --objects 3). At the end the weights go to WEIGHTS_DIR/$NAME.safetensors (+ .json,
 # fp16; NAME default lite-main), with history.jsonl, last.json and loss.png of the run.
+#
+# `--iterations auto` (a new run only) sizes the run to the time left: CALIBRATE (default 30)
+# iterations of the same options in a scratch folder time an iteration (the median of the
+# per-iteration times after the first 5) and the start-up (wall time − loop time), then the real
+# run gets N = ⌊(limit − calibration's wall time − start-up) / iteration time⌋ iterations, so its
+# schedules (max skip, bootstrap, lr decay: fractions of N) complete instead of being cut by the
+# time limit (which stays on as a safety net). N is printed and must be at least CALIBRATE.
 # Run from the repository root (the configs' data paths are relative to it). Exit status: vos-train's.
 set -euo pipefail
 
@@ -42,10 +49,44 @@ fi
 [ -n "${THREADS:-}" ] && extra+=(--threads "$THREADS")
 mkdir -p "$weights"
 
+auto=0
+for ((i = 0; i < ${#new_run[@]}; i++)); do
+    if [ "${new_run[i]}" = "--iterations" ] && [ "${new_run[i + 1]:-}" = "auto" ]; then auto=$((i + 1)); fi
+done
+
 if [ -f "$run/last.json" ]; then
     [ $# -gt 0 ] && echo "gpu_run.sh: resuming $run with its own config; ignoring: $*" >&2
     cmd=(vos-train --resume "$run")
 else
+    if [ "$auto" -gt 0 ]; then
+        calibrate=${CALIBRATE:-30}
+        case $calibrate in ''|*[!0-9]*) echo "gpu_run.sh: CALIBRATE must be a whole number, got '$calibrate'" >&2; exit 2;; esac
+        [ "$calibrate" -ge 6 ] || { echo "gpu_run.sh: CALIBRATE must be at least 6, got $calibrate" >&2; exit 2; }
+        scratch=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run-calibrate.XXXXXX")
+        trap 'rm -rf "$scratch"' EXIT
+        calib=("${new_run[@]}"); calib[auto]=$calibrate
+        echo "+ vos-train ${calib[*]} --out $scratch/run ${extra[*]}   (calibration)" >&2
+        t_start=$(date +%s.%N)
+        vos-train "${calib[@]}" --out "$scratch/run" "${extra[@]}" >&2
+        t_end=$(date +%s.%N)
+        new_run[auto]=$(python3 - "$scratch/run/history.jsonl" "$t_start" "$t_end" "$limit" "$calibrate" <<'PY'
+import json, statistics, sys
+path, t_start, t_end, limit, calibrate = sys.argv[1], *map(float, sys.argv[2:5]), int(sys.argv[5])
+seconds = [json.loads(line)["seconds"] for line in open(path)]
+per_iteration = statistics.median(b - a for a, b in zip(seconds[4:], seconds[5:]))  # iterations 6, 7, …
+wall = t_end - t_start
+startup = max(0.0, wall - seconds[-1])
+n = int((limit - wall - startup) / per_iteration)
+print(f"gpu_run.sh: --iterations auto: {per_iteration:.3f} s/iteration, start-up {startup:.1f} s, "
+      f"calibration {wall:.1f} s of {limit:.0f} s: {n} iterations", file=sys.stderr)
+if n < calibrate:
+    sys.exit(f"gpu_run.sh: --iterations auto: only {n} iterations fit in the time left "
+             f"(fewer than CALIBRATE = {calibrate}); give more SECONDS")
+print(n)
+PY
+        )
+        limit=$(python3 -c "print(max(1, int($limit - ($t_end - $t_start))))")  # the calibration came off the budget
+    fi
     cmd=(vos-train "${new_run[@]}" --out "$run")
 fi
 cmd+=(--time-limit "$limit" --publish "$weights/$name.safetensors" "${extra[@]}")
