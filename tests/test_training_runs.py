@@ -126,7 +126,7 @@ def gpu_run(tmp_path, seconds, *options, **env):
 
 @needs_data
 def test_the_fixed_time_script_sizes_a_new_run_to_the_time_left(tmp_path):
-    proc, run, scratch = gpu_run(tmp_path, 30, "--iterations", "auto", CALIBRATE="6")
+    proc, run, scratch = gpu_run(tmp_path, 45, "--iterations", "auto", CALIBRATE="6")
     assert proc.returncode == 0, proc.stderr[-2000:]
     sized = re.search(r"--iterations auto: ([0-9.]+) s/iteration, .*: (\d+) iterations", proc.stderr)
     assert sized, proc.stderr[-2000:]
@@ -137,7 +137,7 @@ def test_the_fixed_time_script_sizes_a_new_run_to_the_time_left(tmp_path):
     assert 1 <= saved["iteration"] <= n
     real = re.search(r"\+ vos-train --config tiny --iterations (\d+) .*--time-limit (\d+) ", proc.stderr)
     assert real and int(real.group(1)) == n
-    assert int(real.group(2)) < 30                           # the calibration's wall time is taken off
+    assert int(real.group(2)) < 45                           # the calibration's wall time is taken off
     assert not list(scratch.glob("gpu_run-calibrate.*"))      # the calibration run is removed
 
 
