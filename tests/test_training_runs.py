@@ -94,13 +94,20 @@ def test_recipe_differences_ignore_session_keys_and_old_folders():
                               {**saved, "synthesis": {"zoom": [0.5, 1.0]}}) == []
 
 
+def gpu_run(tmp_path, seconds, *options, **env):
+    run, weights, scratch = tmp_path / "run", tmp_path / "weights", tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "THREADS": "1", "MARGIN": "0", "TMPDIR": str(scratch), **env}
+    proc = subprocess.run([str(ROOT / "training" / "gpu_run.sh"), str(seconds), str(weights), str(run), "--",
+                           "--config", "tiny", *options, "--data", str(SCHOOLGIRLS)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+    return proc, run, scratch
+
+
 @needs_data
 def test_the_fixed_time_script_trains_publishes_and_leaves_a_resumable_run(tmp_path):
-    run, weights = tmp_path / "run", tmp_path / "weights"
-    env = {**os.environ, "THREADS": "1", "MARGIN": "0"}
-    proc = subprocess.run([str(ROOT / "training" / "gpu_run.sh"), "3", str(weights), str(run), "--",
-                           "--config", "tiny", "--iterations", "1000", "--objects", "2", "--data", str(SCHOOLGIRLS)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+    proc, run, _ = gpu_run(tmp_path, 3, "--iterations", "1000", "--objects", "2")
+    weights = tmp_path / "weights"
     assert proc.returncode == 0, proc.stderr[-2000:]
     done = json.loads((run / "last.json").read_text())["state"]["iteration"]
     assert 1 <= done < 1000
@@ -111,17 +118,6 @@ def test_the_fixed_time_script_trains_publishes_and_leaves_a_resumable_run(tmp_p
     res = CliRunner().invoke(main, ["--resume", str(run), "--iterations", str(done + 1), "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert iterations(run)[-1] == done + 1
-
-
-
-def gpu_run(tmp_path, seconds, *options, **env):
-    run, weights, scratch = tmp_path / "run", tmp_path / "weights", tmp_path / "tmp"
-    scratch.mkdir(exist_ok=True)
-    env = {**os.environ, "THREADS": "1", "MARGIN": "0", "TMPDIR": str(scratch), **env}
-    proc = subprocess.run([str(ROOT / "training" / "gpu_run.sh"), str(seconds), str(weights), str(run), "--",
-                           "--config", "tiny", *options, "--data", str(SCHOOLGIRLS)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
-    return proc, run, scratch
 
 
 @needs_data
@@ -152,6 +148,7 @@ def test_the_fixed_time_script_refuses_a_run_that_cannot_be_sized(tmp_path, seco
     assert proc.returncode != 0
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
     assert not run.exists() and not list(scratch.glob("gpu_run-calibrate.*"))
+
 
 def test_batches_from_workers_equal_the_in_process_ones():
     from training.datasets import ClipDataset, Sequence

@@ -69,7 +69,7 @@ else
         t_start=$(date +%s.%N)
         vos-train "${calib[@]}" --out "$scratch/run" "${extra[@]}" >&2
         t_end=$(date +%s.%N)
-        new_run[auto]=$(python3 - "$scratch/run/history.jsonl" "$t_start" "$t_end" "$limit" "$calibrate" <<'PY'
+        sized=$(python3 - "$scratch/run/history.jsonl" "$t_start" "$t_end" "$limit" "$calibrate" <<'PY'
 import json, statistics, sys
 path, t_start, t_end, limit, calibrate = sys.argv[1], *map(float, sys.argv[2:5]), int(sys.argv[5])
 seconds = [json.loads(line)["seconds"] for line in open(path)]
@@ -82,10 +82,10 @@ print(f"gpu_run.sh: --iterations auto: {per_iteration:.3f} s/iteration, start-up
 if n < calibrate:
     sys.exit(f"gpu_run.sh: --iterations auto: only {n} iterations fit in the time left "
              f"(fewer than CALIBRATE = {calibrate}); give more SECONDS")
-print(n)
+print(n, max(1, int(limit - wall)))      # N, and the loop budget left after the calibration
 PY
         )
-        limit=$(python3 -c "print(max(1, int($limit - ($t_end - $t_start))))")  # the calibration came off the budget
+        read -r "new_run[auto]" limit <<< "$sized"
     fi
     cmd=(vos-train "${new_run[@]}" --out "$run")
 fi
