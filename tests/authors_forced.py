@@ -239,12 +239,13 @@ def report(arch: str, checkpoint: Path, export: Path, frames: int, objects: int,
     net = load_authors_checkpoint(checkpoint)
     if measured_bn:
         net = measure_batch_norm(arch, net, video[:3], mask)
-        path = export.parent / f"{checkpoint.stem}-bn.pth"
+        tag = f"bn-{objects}obj-x{scale:g}"            # the statistics depend on the clip's objects and size
+        path = export.parent / f"{checkpoint.stem}-{tag}.pth"
         torch.save(net.state_dict(), path)
         from click.testing import CliRunner
 
         from export.cli import main as vos_export
-        export = export.parent / f"{export.name}-bn"
+        export = export.parent / f"{export.name}-{tag}"
         if not (export / "manifest.json").exists():
             result = CliRunner().invoke(vos_export, ["--checkpoint", str(path), "--out", str(export)])
             if result.exit_code:
