@@ -46,6 +46,8 @@ from sdk import Segmenter  # noqa: E402
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The sdk's inputs that the harness compares with the authors' (graph → input names): the glue.
 GLUE_INPUTS = {"key_encoder": ("image",), "prior_enhance": ("prior",), "value_encoder": ("masks",)}
+# Graphs whose outputs have one row per object (the report breaks their max |Δ| down by object).
+PER_OBJECT = ("decoder", "qam", "readout")
 # Graphs whose outputs the sdk keeps under teacher forcing: the QAM scores its policy decides on.
 OWN_DECISIONS = ("qam",)
 
@@ -146,9 +148,17 @@ def _diff(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float, float]:
     return float(delta.max()), float(delta.mean()), float(np.abs(theirs).max())
 
 
+def _per_object(ours: np.ndarray, theirs: np.ndarray) -> list[float]:
+    """max |Δ| of each object (the leading axis) of two arrays of one shape."""
+    delta = np.abs(ours.astype(np.float64) - theirs.reshape(ours.shape).astype(np.float64))
+    return delta.reshape(len(delta), -1).max(1).tolist()
+
+
 def compare(run: SdkRun, ref: Result, trace: Trace) -> list[dict]:
     """Per frame t: {"frame": t, "<graph>.<output>": (max |Δ|, mean |Δ|, max |authors'|), …,
-    "prob": the sdk's own soft-aggregated probabilities against the authors' (same tuple),
+    "prob": the sdk's own soft-aggregated probabilities against the authors' (same tuple);
+    "decoder.logits per object", "qam.score per object", "readout.readout per object", "prob per
+    object": max |Δ| of each object;
     "quality": |Δ S̄A| or None, "pixels": pixels of the padded frame whose argmax of those
     differs, "memory": (sdk's, authors' frames in memory)} — graph runs matched by order within
     the frame."""
@@ -166,8 +176,11 @@ def compare(run: SdkRun, ref: Result, trace: Trace) -> list[dict]:
                 key = n.removesuffix(" (input)")
                 if key in given[index]:
                     row[f"{name}.{n}"] = _diff(ours, given[index][key])
+                    if name in PER_OBJECT and key == n:
+                        row[f"{name}.{n} per object"] = _per_object(ours, given[index][key])
         (theirs,) = trace.outputs(t, "aggregate")
         row["prob"] = _diff(run.probs[t], theirs["prob"])
+        row["prob per object"] = _per_object(run.probs[t][1:], theirs["prob"][1:])
         quality = trace.outputs(t, "quality")
         row["quality"] = (abs(run.quality[t] - float(quality[0]["score"]))
                           if t in run.quality and quality else None)
@@ -255,7 +268,7 @@ def report(arch: str, checkpoint: Path, export: Path, frames: int, objects: int,
     forced = compare(run_sdk(export, video, mask, trace=trace, **params), ref, trace)
     free = compare(run_sdk(export, video, mask, **params), ref, trace)
     ulp = ulp_divergence(arch, net, video, mask, ref, **params)
-    graphs = sorted({k for row in forced for k in row if "." in k} | {"prob"})
+    graphs = sorted({k for row in forced for k in row if "." in k and "per object" not in k} | {"prob"})
     return {"arch": arch, "frames": frames, "objects": objects, "size": list(video[0].shape[:2]),
             "measured_bn": measured_bn, "params": params,
             "forced_max": {g: _worst(forced, g) for g in graphs},
