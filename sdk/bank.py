@@ -43,7 +43,8 @@ class MemoryBank:
     write past the prefix lengthens every row in place inside the buffer (one memmove of the
     bank per new slot, no reallocation) and a write past the capacity doubles the buffers.
     The buffers are reallocated otherwise only by :meth:`add_objects` (objects that appear
-    mid-video).
+    mid-video) when they hold no spare object rows: :meth:`remove_object` frees an object's rows
+    without shrinking the buffers (:attr:`bank_bytes` unchanged), and a later object takes them.
 
     These arrays cover every physical slot, the temporary one included (what the readout
     reads), then the ``features`` positions of :meth:`allocate` (bounded banks only), so M =
@@ -66,6 +67,7 @@ class MemoryBank:
         self._valid = np.zeros(0, np.float32)
         self._origin = np.zeros(0, np.int64)
         self._objects = 0
+        self._rows = 0                               # object rows the buffers hold (≥ _objects)
         self._live = 0
         self._views()
 
@@ -89,7 +91,7 @@ class MemoryBank:
         except (MemoryError, ValueError, OverflowError) as error:
             raise MemoryError(f"a memory bank of {p} positions ({slots} slots of {hw} + {features}) "
                               f"does not fit in memory: {error}") from error
-        self.hw, self._objects, self.features = hw, num_objects, features
+        self.hw, self._objects, self._rows, self.features = hw, num_objects, num_objects, features
         self._k, self._v, self._valid, self._origin = k, v, valid, origin
         self._live = self.offset if self.growable else slots
         self._views()
@@ -166,9 +168,20 @@ class MemoryBank:
 
     def add_objects(self, count: int) -> None:
         """Append ``count`` object rows to ``values`` (and to per-object ``keys``): zeros, no
-        older frame holds them."""
+        older frame holds them. Rows freed by :meth:`remove_object` are reused in place (only
+        rows past the live objects are written, so a :meth:`snapshot` stays good); without
+        enough of them the buffers are reallocated for exactly the objects held."""
+        if self._objects + count <= self._rows:      # spare rows: constant memory
+            old = self._objects
+            self._objects += count
+            self._views()
+            self.values[old:] = 0
+            if self.object_keys:
+                self.keys[old:] = 0
+            return
         old_v, old_k = self.values, self.keys
         self._objects += count
+        self._rows = self._objects
         self._v = np.zeros(self._objects * self.value_channels * len(self._origin), np.float32)
         self._values_view()
         self.values[:len(old_v)] = old_v
@@ -176,6 +189,23 @@ class MemoryBank:
             self._k = np.zeros(self._key_rows * len(self._origin), np.float32)
             self._views()
             self.keys[:len(old_k)] = old_k
+
+    def remove_object(self, index: int) -> None:
+        """Forget object ``index`` (0 ≤ index < :attr:`num_objects`): its value rows (and its
+        per-object keys) leave ``values`` (``keys``), the objects after it move down one row.
+        In place: the buffers keep their size (:attr:`bank_bytes` unchanged), the freed rows
+        wait for :meth:`add_objects`; shared keys, ``valid`` and ``origin`` are untouched (the
+        frames stay in memory for the other objects). Raises IndexError for an index out of
+        range, the bank unchanged. Changes the buffers in place (a :meth:`snapshot` taken
+        before does not undo it)."""
+        if not 0 <= index < self._objects:
+            raise IndexError(f"object {index} outside the bank's {self._objects} objects")
+        arrays = (self.values, self.keys) if self.object_keys else (self.values,)
+        for rows in arrays:                          # row by row: no temporary of the bank's size
+            for i in range(index, self._objects - 1):
+                rows[i] = rows[i + 1]
+        self._objects -= 1
+        self._views()
 
     def write(self, target: int | np.ndarray, key: np.ndarray, value: np.ndarray, frame: int) -> None:
         """Write frame ``frame``'s features into policy slot or positions ``target``,
@@ -303,8 +333,9 @@ class MemoryBank:
     def snapshot(self) -> dict:
         """The bank's state for :meth:`restore` (its attributes; the buffers by reference, not
         copied). Good until the next write: :meth:`allocate` and :meth:`add_objects` replace the
-        buffers, only :meth:`write`, :meth:`write_temporary`, :meth:`clear_temporary`,
-        :meth:`clear` and :meth:`apply` change them in place."""
+        buffers (or write only rows past the live objects), :meth:`write`,
+        :meth:`write_temporary`, :meth:`clear_temporary`, :meth:`clear`, :meth:`apply` and
+        :meth:`remove_object` change them in place."""
         return dict(vars(self))
 
     def restore(self, snapshot: dict) -> None:
@@ -319,9 +350,11 @@ class MemoryBank:
         old, new = self._live * self.hw, live * self.hw
         rows_k, rows_v = self._key_rows, self._objects * self.value_channels
         slots = len(self._origin) // self.hw
-        if live > slots:
+        if live > slots:                             # the spare object rows stay (constant bytes per object)
             size = max(2 * slots, live) * self.hw
-            grown = [np.zeros(rows_k * size, np.float32), np.zeros(rows_v * size, np.float32),
+            held_k = self.key_channels * (self._rows if self.object_keys else 1)
+            held_v = self._rows * self.value_channels
+            grown = [np.zeros(held_k * size, np.float32), np.zeros(held_v * size, np.float32),
                      np.zeros(size, np.float32), np.full(size, -1, np.int64)]
             for buf, src, rows in zip(grown, (self._k, self._v), (rows_k, rows_v)):
                 buf[:rows * new].reshape(rows, new)[:, :old] = src[:rows * old].reshape(rows, old)

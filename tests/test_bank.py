@@ -149,3 +149,51 @@ def test_apply_carries_out_every_kind_of_decision():
     bank.apply(1, *frame(5), frame=7)
     bank.apply(np.array([0, 7]), *frame(1), frame=8)
     assert bank.origin.tolist() == [8, 6, 7, 7, 0, 0, 0, 8]
+
+
+# -- objects removed (Segmenter.remove_object) --------------------------------------------------
+@pytest.mark.parametrize("object_keys", [False, True])
+def test_remove_object_moves_the_later_rows_down_in_place(object_keys):
+    bank = MemoryBank(2, 3, object_keys=object_keys)
+    bank.allocate(capacity=2, hw=4, num_objects=3)
+    key = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4) if object_keys else filled(5, 2, 4)
+    value = np.arange(3 * 3 * 4, dtype=np.float32).reshape(3, 3, 4) + 1
+    bank.write(1, key, value, frame=3)
+    nbytes, buffers = bank.bank_bytes, (bank._k, bank._v)
+    bank.remove_object(1)
+    assert bank.num_objects == 2 and bank.values.shape == (2, 3, 8) and bank.bank_bytes == nbytes
+    assert bank._k is buffers[0] and bank._v is buffers[1]                 # no reallocation
+    assert np.array_equal(bank.values[:, :, 4:], value[[0, 2]]) and not bank.values[:, :, :4].any()
+    if object_keys:
+        assert bank.keys.shape == (2, 2, 8) and np.array_equal(bank.keys[:, :, 4:], key[[0, 2]])
+    else:
+        assert bank.keys.shape == (2, 8) and np.array_equal(bank.keys[:, 4:], key)
+    assert bank.memory_frames == [3] and bank.valid.tolist() == [0] * 4 + [1] * 4   # the frame stays
+    with pytest.raises(IndexError, match="object 2 outside the bank's 2 objects"):
+        bank.remove_object(2)
+    bank.add_objects(1)                                  # takes the freed row: zeros, the same buffers
+    assert bank.num_objects == 3 and bank.bank_bytes == nbytes and bank._v is buffers[1]
+    assert not bank.values[2].any() and np.array_equal(bank.values[:2, :, 4:], value[[0, 2]])
+    if object_keys:
+        assert not bank.keys[2].any()
+    bank.add_objects(1)                                  # no spare row left: reallocated
+    assert bank.num_objects == 4 and bank.bank_bytes > nbytes and np.array_equal(bank.values[:2, :, 4:], value[[0, 2]])
+
+
+def test_removed_rows_stay_through_growth_and_rollback():
+    """A growable bank keeps the freed rows when it doubles; an in-place add_objects undone by
+    restore leaves the objects as they were."""
+    bank = MemoryBank(1, 2, growable=True, object_keys=True)
+    bank.allocate(capacity=1, hw=2, num_objects=3)
+    bank.write(0, np.full((3, 1, 2), 1, np.float32), np.full((3, 2, 2), 1, np.float32), frame=0)
+    bank.remove_object(0)
+    nbytes, snapshot = bank.bank_bytes, bank.snapshot()
+    bank.add_objects(1)
+    bank.restore(snapshot)
+    assert bank.num_objects == 2 and bank.bank_bytes == nbytes and bank.values.shape == (2, 2, 2)
+    bank.write(1, np.full((2, 1, 2), 2, np.float32), np.full((2, 2, 2), 2, np.float32), frame=1)   # doubles
+    assert bank.frames.tolist() == [0, 1] and bank.bank_bytes > nbytes
+    assert bank.values.tolist() == [[[1, 1, 2, 2]] * 2] * 2 and bank.keys.tolist() == [[[1, 1, 2, 2]]] * 2
+    held = bank.bank_bytes
+    bank.add_objects(1)                                  # the freed row came along: no reallocation
+    assert bank.bank_bytes == held and not bank.values[2].any() and not bank.keys[2].any()
