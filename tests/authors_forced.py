@@ -204,7 +204,8 @@ def measure_batch_norm(arch: str, net, frames, mask) -> nn.Module:
     """Replace every batch norm's running statistics of ``net`` by those measured on the
     authors' loop over ``frames`` (cumulative averages of the batch statistics), as a user
     who calibrates random or re-initialised weights on the first frames does. Returns ``net``
-    in eval mode. Weights built this way sit near ties at many pixels (the decoder's bias is
+    in eval mode. ``mask`` needs ≥ 2 objects: a batch norm after a global pooling (ASPP's)
+    sees one value per channel with one object, which torch refuses to train on. Weights built this way sit near ties at many pixels (the decoder's bias is
     no longer centred), where a rounding difference can flip a label."""
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     for norm in norms:
@@ -250,9 +251,10 @@ def report(arch: str, checkpoint: Path, export: Path, frames: int, objects: int,
     torch.set_num_threads(2)
     video, mask = clip("schoolgirls", frames, objects, scale)
     net = load_authors_checkpoint(checkpoint)
-    if measured_bn:
-        net = measure_batch_norm(arch, net, video[:3], mask)
-        tag = f"bn-{objects}obj-x{scale:g}"            # the statistics depend on the clip's objects and size
+    if measured_bn:                                  # on ≥ 3 objects: see measure_batch_norm
+        bn_objects = max(objects, 3)
+        net = measure_batch_norm(arch, net, video[:3], clip("schoolgirls", 3, bn_objects, scale)[1])
+        tag = f"bn-{bn_objects}obj-x{scale:g}"         # the statistics depend on the clip's objects and size
         path = export.parent / f"{checkpoint.stem}-{tag}.pth"
         torch.save(net.state_dict(), path)
         from click.testing import CliRunner
