@@ -166,6 +166,12 @@ class QDMN(MemoryPolicy):
         self._score[slot], self._index[slot] = score, self._j
         return slot
 
+    def remove_object(self, index):
+        """S̄A_1 without the object (:meth:`Quality.remove`); the memory frames' scores S̄A_k
+        stay as they were computed (their frames' quality when admitted)."""
+        self.quality.remove(index)
+
+
 class LFU(MemoryPolicy):
     """Least-frequently-used feature memory (Adaptive Memory Management thesis, ch. 3.3.4).
 
@@ -269,6 +275,13 @@ class QPM(MemoryPolicy):
                 self._latest = 1 + int(np.argmin(kept))       # an empty slot, else the oldest
         return slot
 
+    def remove_object(self, index):
+        """S̄A_1 and the previous frame's S̄A (the prior's choice, Eq. 4) without the object
+        (:meth:`Quality.remove`); with no other object in that frame the choice stays."""
+        previous = self.quality.remove(index)
+        if previous is not None:
+            self._previous = previous
+
 
 class RDE(MemoryPolicy):
     """Recurrent dynamic embedding memory (RDE-VOS, Li et al. CVPR 2022, §3.3, Table 5).
@@ -337,6 +350,10 @@ class QualityGate(MemoryPolicy):
         if t > 0 and not given and not quality >= self.sigma:   # NaN never passes
             return None
         return self.inner.on_frame(t, table, given, scores)
+
+    def remove_object(self, index):
+        self.quality.remove(index)
+        self.inner.remove_object(index)
 
 
 POLICIES = {cls.name: cls for cls in (EveryK, FirstLatest, QDMN, LFU, QPM, RDE, XMem, SAM2Window)}

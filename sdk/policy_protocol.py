@@ -34,6 +34,11 @@ Protocol, driven by :class:`~sdk.segmenter.Segmenter` for frame index t = 0, 1, 
    compute for it (SAM's fold, XMem's potentiation through the readout graph) is computed before
    anything is written, so that a graph that fails leaves memory as it was.
 
+5. ``remove_object(index)``: the caller stopped tracking object ``index`` (its channel in
+   ``scores``; the objects after it move down one index). A policy drops what it keeps per
+   object (the QAM normalisation's first-frame scores, :meth:`Quality.remove`); its tables are
+   per frame and per position, shared by the objects, and stay.
+
 ``requires`` names the graphs a policy needs beyond the four core ones (docs/graph-contract.md):
 ``"qam"`` (scores), ``"prior_enhance"`` (the prior mask enhances the query feature),
 ``"sam_key"``/``"sam_value"`` (RDE folds). ``top_k`` is the readout top-k
@@ -130,6 +135,10 @@ class MemoryPolicy(ABC):
                  scores: np.ndarray | None = None) -> int | np.ndarray | Write | None:
         """Where frame ``t`` is written, or None to leave memory unchanged."""
 
+    def remove_object(self, index: int) -> None:
+        """Forget what is kept of object ``index`` (0-based, in ``scores`` order); the objects
+        after it move down one index. Nothing per object here (the tables are per frame)."""
+
 
 class Quality:
     """Normalised frame quality S̄A_t = (1/N Σ_i S^A_{t,i}) / S̄A_1 (QDMN Eq. 3, QPM Eq. 2):
@@ -144,25 +153,46 @@ class Quality:
     threshold holds and no frame passes (what the authors' code does: 0/0). ``dtype`` is the
     arithmetic's: float64, or float32 as QDMN's code computes it (sum / count of the network's
     float32 scores), which decides frames within rounding of σ the same way.
+
+    The first frame's scores are kept per object (``first_scores`` [N_0], object order) and the
+    last call's (``last`` [N]), so that :meth:`remove` can take an object out of both.
     Raises ValueError when ``scores`` is None (the export lacks the QAM head).
     """
 
     def __init__(self, all_zero: str = "raw", dtype=np.float64):
         self.all_zero, self.dtype = all_zero, dtype
         self.first = dtype(1.0)
+        self.first_scores = np.zeros(0, dtype)
+        self.last = np.zeros(0, dtype)
 
     def _mean(self, scores: np.ndarray):
         return np.sum(scores) / self.dtype(len(scores))
+
+    def _normaliser(self, scores: np.ndarray):
+        rated = scores[scores != 0]
+        if rated.size:
+            return self._mean(rated)
+        return self.dtype(np.nan if self.all_zero == "nan" else 1.0)
 
     def __call__(self, t: int, scores: np.ndarray | None):
         if scores is None:
             raise ValueError("this memory policy needs the frame's QAM scores [N]")
         scores = np.asarray(scores, self.dtype).ravel()
         if t == 0:
-            rated = scores[scores != 0]
-            if rated.size:
-                self.first = self._mean(rated)
-            else:
-                self.first = self.dtype(np.nan if self.all_zero == "nan" else 1.0)
+            self.first_scores = scores
+            self.first = self._normaliser(scores)
+        self.last = scores
         return self._mean(scores) / self.first
 
+    def remove(self, index: int):
+        """Take object ``index`` out: S̄A_1 is recomputed from the first frame's other objects
+        (the rules above; unchanged when none of them is left: it still gives the scale of
+        this video's scores), and the last frame's S̄A is recomputed without it → that S̄A, or
+        None when the last call held no other object. Objects after ``index`` move down one."""
+        if index < len(self.first_scores):
+            self.first_scores = np.delete(self.first_scores, index)
+            if self.first_scores.size:
+                self.first = self._normaliser(self.first_scores)
+        if index < len(self.last):
+            self.last = np.delete(self.last, index)
+        return self._mean(self.last) / self.first if self.last.size else None
