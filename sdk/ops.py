@@ -34,6 +34,15 @@ class Workspace:
             a = self._arrays[name] = (np.zeros if zeros else np.empty)(shape, dtype)
         return a
 
+    def exchange(self, name: str, array: np.ndarray | None) -> np.ndarray | None:
+        """Take the array called `name` out (None if there is none) and hold `array` under that
+        name instead (nothing when None): a caller keeps this frame's array past the frame and
+        gives back the one it kept before, for the next frame to reuse."""
+        taken = self._arrays.pop(name, None)
+        if array is not None:
+            self._arrays[name] = array
+        return taken
+
     @property
     def nbytes(self) -> int:
         """Bytes held."""

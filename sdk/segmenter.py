@@ -16,6 +16,7 @@ from .ops import Geometry, Workspace, channel_argmax, label_values, merge_given,
 from .params import refuse, segmenter_option
 from .params import resolution as check_resolution
 from .policies import MemoryPolicy, make_policy
+from .prior import Priors
 from .runtime import Graphs
 
 # floats the readout graph gathers per potentiation call (XMem consolidation; 64 MiB of float32)
@@ -167,7 +168,7 @@ class Segmenter:
         self._labels: list[int] = []                 # object index → label value
         self._lut = np.zeros(1, np.uint8)            # argmax channel → label value
         self._geometry: Geometry | None = None
-        self._first_prior = self._prev_prior = None  # [1,1,Hp,Wp] float32 (prior enhancement)
+        self._priors = Priors()                      # prior enhancement's prior masks
         self._work = Workspace()                     # per-frame arrays, reused (ops.Workspace)
         self._t = 0
 
@@ -279,7 +280,7 @@ class Segmenter:
         key, f16, f8, f4 = query.get("key"), query["f16"], query["f8"], query["f4"]
         prior = None
         if self._prior_input:
-            prior = self._prior(t, given_map)
+            prior = self._priors.of_frame(t, self.policy.prior(t) if t else 0, given_map)
             key, f16 = self._graphs.run("prior_enhance", {"f16": f16, "prior": prior})
 
         prob = None
@@ -340,9 +341,7 @@ class Segmenter:
         # commit: nothing below can fail
         self._geometry, self._labels, self._lut = geo, labels, lut
         if self._prior_input:
-            if t == 0:
-                self._first_prior = prior
-            self._prev_prior = agg[1:].max(0)[None, None]
+            self._priors.commit(t, given_map, prior, agg, self._work)
         self._t += 1
         for graph, run_ms in self._graphs.run_ms.items():
             ms[GRAPH_STAGES[graph]] += run_ms
@@ -351,14 +350,6 @@ class Segmenter:
         ms["total"] = total
         self.timings = ms
         return out
-
-    def _prior(self, t: int, given_map: np.ndarray | None) -> np.ndarray:
-        """Prior mask [1,1,Hp,Wp] float32 of frame t: the first frame's annotation (foreground
-        of its label map) at t = 0, then that of the frame ``policy.prior(t)`` picks. Changes
-        nothing (:meth:`_step` keeps the first frame's)."""
-        if t == 0:
-            return (given_map > 0).astype(np.float32)[None, None]
-        return self._first_prior if self.policy.prior(t) == 0 else self._prev_prior
 
     def _check_finite(self, graph: str, bounded: bool = False, **outputs: np.ndarray) -> None:
         """Raise :class:`~sdk.errors.GraphRunError` when one of ``outputs`` (name → float array
