@@ -206,7 +206,7 @@ def main(data, sequence, methods, lengths, stream_frames, resolution, providers,
             try:
                 check_resolution(resolution, manifest.stride)
             except ParameterError as error:
-                raise click.BadParameter(str(error), param_hint="'--resolution'") from error
+                raise cli.usage_error(error, model) from error     # in the command line's terms
         unit = unit_frames(count)
         if stream_frames is not None:
             points = [(stream_frames, ("frames", stream_frames), round(stream_frames / unit, 3))]

@@ -87,6 +87,7 @@ def _percent(summary: dict) -> dict:
 def main(data, split, sequences, out, json_path, model, method, resolution, providers, params):
     """Evaluate semi-supervised VOS (J&F, fps) of the sdk on a DAVIS-layout data set."""
     with cli.user_errors():
+        cli.check_method_params(model, method, params)
         names = split_sequences(data, split, sequences)
         segmenter = cli.make_segmenter(model, method, resolution, providers, params)
         all_objects, per_sequence, total_frames, total_seconds = [], {}, 0, 0.0

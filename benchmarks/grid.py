@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks.report import MIB, save_figure
 from sdk import POLICIES, cli
+from sdk.errors import ParameterError
 from sdk.manifest import MANIFEST_FILE, sha256_file
 
 EXAMPLES = """\b
@@ -218,6 +219,11 @@ def main(data, split, sequences, models, resolutions, methods, providers, params
     from benchmarks.eval import split_sequences
     from benchmarks.machine import bench_machine
 
+    try:                                      # every --param goes to every method: each must take it
+        for name, value in params.items():
+            cli.check_param(name, value, None if name in cli.SEGMENTER_PARAMS else methods)
+    except ParameterError as error:
+        raise cli.usage_error(error) from error
     with cli.user_errors():
         names = split_sequences(data, split, sequences)
         digests = {}

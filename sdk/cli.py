@@ -32,6 +32,7 @@ from sdk.io import (
 from sdk.manifest import resolve_model
 from sdk.outputs import OutputFolder
 from sdk.params import (
+    MIN_FEATURE_ROWS,
     SEGMENTER_OPTIONS,
     parameter_error,
     parse_assignments,
@@ -48,15 +49,53 @@ def make_segmenter(model: Path | None, method: str | None, resolution, providers
 
     A value the Segmenter refuses (:class:`~sdk.errors.ParameterError`: a bad --param,
     --method or --resolution) is raised as a click usage error (exit code 2) naming the
-    option; it is found before any graph is loaded. Other sdk errors propagate."""
+    option, in the command line's terms (:func:`usage_error`); it is found before any graph is
+    loaded. Other sdk errors propagate."""
     try:
         if params and any("." in name for name in params):
             params = params_for(method or resolve_model(model).method, params)
         return sdk.Segmenter(model=model, method=method, providers=providers, resolution=resolution,
                              **(params or {}))
     except ParameterError as error:
-        option = _OWN_OPTION.get(getattr(error, "parameter", None), "--param")
-        raise click.BadParameter(str(error), param_hint=f"'{option}'") from error
+        raise usage_error(error, model) from error
+
+
+def usage_error(error: ParameterError, model: Path | None = None) -> click.BadParameter:
+    """The click usage error (exit code 2) for a :class:`~sdk.errors.ParameterError` of the
+    Segmenter or a policy, naming the option it came from and worded with the command line's
+    values: a too-small resolution says ``PX`` ≥ the model's minimum or ``native`` (not the
+    API's ``'manifest'`` / None); a policy that does not take a --param says which policies
+    take it."""
+    name = getattr(error, "parameter", None)
+    option = _OWN_OPTION.get(name, "--param")
+    message = str(error)
+    if name == "resolution":
+        stride = resolve_model(model).stride
+        message = (f"{error.value} px is too small for this model: the internal short side must be at least "
+                   f"{MIN_FEATURE_ROWS * stride} px ({MIN_FEATURE_ROWS} × its stride {stride}: with fewer feature "
+                   "rows the object is lost); give PX ≥ that, or 'native' for the input size "
+                   "(without --resolution: the model's default)")
+    elif option == "--param" and "takes no parameter" in message:
+        takers = policy_parameters().get(name, [])
+        if takers:
+            message += f" ({name} is a parameter of {', '.join(takers)}: choose one with --method)"
+    return click.BadParameter(message, param_hint=f"'{option}'")
+
+
+def check_method_params(model: Path | None, method: str | None, params: dict) -> None:
+    """Check the --param values against the method the run will use (``method``, else the
+    model's), before any input is read or any model is loaded: whether the policy takes each
+    parameter first, then its value's range (:func:`sdk.policies.make_policy`). Raises the
+    click usage error of :func:`usage_error`; a model that cannot be read raises its
+    :class:`~sdk.errors.ManifestError` (only read when --method is absent)."""
+    if not any(name not in SEGMENTER_PARAMS for name in params):
+        return
+    try:
+        method = method or resolve_model(model).method
+        own = {name: value for name, value in params_for(method, params).items() if name not in SEGMENTER_PARAMS}
+        make_policy(method, **own)
+    except ParameterError as error:
+        raise usage_error(error, model) from error
 
 
 # Segmenter arguments with an option of their own (not settable with --param), and those --param may set
@@ -91,12 +130,15 @@ def params_for(method: str, params: dict) -> dict:
 
 def check_param(name: str, value, methods: Iterable[str] | None = None) -> None:
     """Refuse a --param that no method could take, before any model is loaded: a Segmenter
-    option (--method ...), a name no policy takes, or a value that every policy taking it
-    refuses (``k=2.5``, ``sigma=1.5``, ``quality_gate=2``, NaN ...). With `methods`, each of
-    them must take it (vos-bench runs them all with the same parameters). A value only some
-    policies refuse (``initial_slots=1``) is left to the Segmenter, which knows the method.
-    ``METHOD.NAME`` is checked against that method alone (which must be among `methods`).
-    Raises :class:`~sdk.errors.ParameterError`."""
+    option (--method ...), a name no policy takes, or a bad value of a Segmenter option
+    (``threads=0``) or of ``quality_gate`` (every policy takes it: ``quality_gate=2``, NaN).
+    With `methods`, each of them must take it, with a value in its range (vos-bench runs them
+    all with the same parameters; :func:`sdk.policies.make_policy` checks whether a policy
+    takes a parameter before its value). Without `methods` the value of a parameter only some
+    policies take (``sigma=1.5``, ``k=2.5``) is left to :func:`check_method_params`, which
+    knows the method: for every_k, ``sigma`` is refused as a parameter it does not take, not
+    for qdmn's range. ``METHOD.NAME`` is checked against that method alone (which must be
+    among `methods`). Raises :class:`~sdk.errors.ParameterError`."""
     scope, _, sub = name.partition(".")
     if sub:
         if scope not in sdk.POLICIES:
@@ -119,23 +161,19 @@ def check_param(name: str, value, methods: Iterable[str] | None = None) -> None:
                           for m, cls in sdk.POLICIES.items())
         raise parameter_error(f"no memory policy takes a parameter {name!r}; the policies take: {known}; "
                               f"the Segmenter: {', '.join(SEGMENTER_PARAMS)}", "--param", name, value)
-    errors = []
-    for method in (takers[name] if methods is None else methods):
-        try:
+    if methods is not None:
+        for method in methods:
             make_policy(method, **{name: value})
-        except ParameterError as error:
-            errors.append(error)
-    if methods is not None and errors:
-        raise errors[0]
-    if errors and len(errors) == len(takers[name]):
-        raise errors[0]
+    elif len(takers[name]) == len(sdk.POLICIES):      # every policy takes it: its range is the method's
+        make_policy(takers[name][0], **{name: value})
 
 
 def parse_params(ctx, param, values: tuple[str, ...]) -> dict:
     """Click callback of --param (repeatable): ('sigma=0.7', 'max_frames=20') -> {'sigma': 0.7,
     'max_frames': 20}. Values: int, float, true/false, none, else a string (quotes optional;
     :func:`sdk.params.parse_value`). Each is checked at once as far as it can be without the
-    method (:func:`check_param`); a bad one is a usage error (exit code 2) naming it."""
+    method (:func:`check_param`; the rest: :func:`check_method_params`); a bad one is a usage
+    error (exit code 2) naming it."""
     try:
         params = parse_assignments(values)
         for name, value in params.items():
@@ -322,6 +360,7 @@ def main(frames, mask, out, overlay, overwrite, on_bad_frame, demo, model, metho
     folder = OutputFolder(out)
     count = 0
     with user_errors(), folder:
+        check_method_params(model, method, params or {})     # usage errors first, then the inputs
         if demo:
             rgb, labels = make_clip()
             names = [f"{i:05d}" for i in range(len(rgb))]

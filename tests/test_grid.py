@@ -89,3 +89,19 @@ def test_grid_runs_again_the_cells_of_a_re_exported_model(tmp_path, tiny_export)
     result = CliRunner().invoke(grid.main, [str(a) for a in [*args, "--param", "threads=1"]])
     assert result.exit_code == 0 and "not resuming 2 cell(s)" in result.output
     assert json.loads((tmp_path / "grid.json").read_text())["params"]
+
+
+@pytest.mark.parametrize("params, words", [
+    (["sigma=0.5"], ["policy 'every_k' takes no parameter sigma", "sigma is a parameter of qdmn"]),
+    (["sigma=2"], ["policy 'every_k' takes no parameter sigma"]),      # not qdmn's range first (issue 31)
+    (["qdmn.sigma=2"], ["qdmn: sigma", "got 2 (int)"]),
+])
+def test_grid_checks_every_param_against_every_method_before_any_cell(tmp_path, params, words):
+    make_dataset(tmp_path / "data")
+    args = ["--data", tmp_path / "data", "--split", "val", "--json", tmp_path / "grid.json", "--models", "x=bundled",
+            "--methods", "every_k,qdmn", *[a for p in params for a in ("--param", p)]]
+    result = CliRunner().invoke(grid.main, [str(a) for a in args])
+    assert result.exit_code == 2 and "Invalid value for '--param'" in result.output, result.output
+    flat = " ".join(result.output.split())
+    assert all(word in flat for word in words), result.output
+    assert not (tmp_path / "grid.json").exists()

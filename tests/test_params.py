@@ -9,6 +9,7 @@ import json
 import math
 from fractions import Fraction
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -297,23 +298,27 @@ def test_parse_assignments():
 
 # --- the command lines --------------------------------------------------------------------------------
 
-REFUSED_ON_THE_COMMAND_LINE = [   # (--param values, words the message must hold), found before a model loads
-    (["sigma=1.5"], ["qdmn: sigma", "got 1.5 (float)", "[0, 1]"]),
-    (["quality_gate=2"], ["quality_gate", "got 2 (int)", "[0, 1]"]),
-    (["sigma=nan"], ["sigma", "got nan (float)"]),
-    (["sigma_m=inf"], ["qpm: sigma_m", "got inf (float)"]),
-    (["k=2.5"], ["k must be an int ≥ 1", "got 2.5 (float)"]),
-    (["k=\"5\""], ["k must be an int ≥ 1", "got '5' (str)"]),
-    (["k=true"], ["k must be an int ≥ 1", "got True (bool)"]),
-    (["k=-1"], ["got -1 (int)"]),
-    (["k=5.0"], ["write 5"]),
-    (["beta=0"], ["qdmn: beta must be an int ≥ 1"]),
-    (["schedule=fast"], ["schedule must be one of 'paper', 'authors'"]),
-    (["threads=0"], ["threads must be a positive int"]),
-    (["foo=1"], ["no memory policy takes a parameter 'foo'", "every_k: k, max_frames, initial_slots"]),
-    (["method=qdmn"], ["use --method"]),
-    (["k"], ["expected NAME=VALUE"]),
-    (["k=1", "k=2"], ["given twice"]),
+REFUSED_ON_THE_COMMAND_LINE = [   # (--method or None, --param values, words the message must hold): before a model loads
+    ("qdmn", ["sigma=1.5"], ["qdmn: sigma", "got 1.5 (float)", "[0, 1]"]),
+    (None, ["quality_gate=2"], ["quality_gate", "got 2 (int)", "[0, 1]"]),
+    ("qdmn", ["sigma=nan"], ["sigma", "got nan (float)"]),
+    ("qpm", ["sigma_m=inf"], ["qpm: sigma_m", "got inf (float)"]),
+    (None, ["k=2.5"], ["k must be an int ≥ 1", "got 2.5 (float)"]),
+    (None, ["k=\"5\""], ["k must be an int ≥ 1", "got '5' (str)"]),
+    (None, ["k=true"], ["k must be an int ≥ 1", "got True (bool)"]),
+    (None, ["k=-1"], ["got -1 (int)"]),
+    (None, ["k=5.0"], ["write 5"]),
+    ("qdmn", ["beta=0"], ["qdmn: beta must be an int ≥ 1"]),
+    ("qdmn", ["schedule=fast"], ["schedule must be one of 'paper', 'authors'"]),
+    (None, ["threads=0"], ["threads must be a positive int"]),
+    (None, ["foo=1"], ["no memory policy takes a parameter 'foo'", "every_k: k, max_frames, initial_slots"]),
+    (None, ["method=qdmn"], ["use --method"]),
+    (None, ["k"], ["expected NAME=VALUE"]),
+    (None, ["k=1", "k=2"], ["given twice"]),
+    # issue 31: whether the method takes the parameter is asked before its range (the bundled model: every_k)
+    (None, ["sigma=2"], ["policy 'every_k' takes no parameter sigma", "sigma is a parameter of qdmn"]),
+    (None, ["sigma=0.5"], ["policy 'every_k' takes no parameter sigma", "choose one with --method"]),
+    ("lfu", ["sigma_m=7"], ["policy 'lfu' takes no parameter sigma_m", "sigma_m is a parameter of qpm"]),
 ]
 
 
@@ -342,11 +347,48 @@ def _usage_error(result, words):
     assert all(word in flat for word in words), (words, result.output)
 
 
-@pytest.mark.parametrize("values, words", REFUSED_ON_THE_COMMAND_LINE)
-def test_vos_segment_refuses_a_bad_param_before_any_model_work(values, words, monkeypatch, tmp_path):
+def _method(method: str | None) -> list[str]:
+    return ["--method", method] if method else []
+
+
+@pytest.mark.parametrize("method, values, words", REFUSED_ON_THE_COMMAND_LINE)
+def test_vos_segment_refuses_a_bad_param_before_any_model_work(method, values, words, monkeypatch, tmp_path):
     _no_segmenter(monkeypatch)
-    result = CliRunner().invoke(cli.main, ["--demo", "--out", str(tmp_path / "out"), *_params(values)])
+    result = CliRunner().invoke(cli.main, ["--demo", "--out", str(tmp_path / "out"), *_method(method),
+                                           *_params(values)])
     _usage_error(result, words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_param_the_method_does_not_take_is_named_as_such_whatever_its_value():
+    """Issue 31: every_k and σ = 2 (outside qdmn's range) or 0.5 (inside it) get the same answer,
+    from the API as from the CLI; qdmn then checks the range."""
+    for sigma in (2, 0.5):
+        with pytest.raises(ParameterError, match="policy 'every_k' takes no parameter sigma"):
+            sdk.Segmenter(method="every_k", sigma=sigma)
+        with pytest.raises(ParameterError, match="policy 'every_k' takes no parameter sigma"):
+            make_policy("every_k", sigma=sigma)
+    with pytest.raises(ParameterError, match=r"qdmn: sigma must be a finite number in \[0, 1\].*got 2 \(int\)"):
+        sdk.Segmenter(method="qdmn", sigma=2)
+    cli.check_param("sigma", 2)                       # the method is not known yet: left to it
+    with pytest.raises(ParameterError, match="quality_gate"):
+        cli.check_param("quality_gate", 2)            # every policy takes it: refused at once
+    with pytest.raises(click.BadParameter, match="policy 'every_k' takes no parameter sigma"):
+        cli.check_method_params(None, None, {"sigma": 2})      # the bundled model's method, every_k
+    cli.check_method_params(None, "qdmn", {"sigma": 0.5, "threads": 1, "every_k.k": 3})
+
+
+def test_resolution_errors_speak_the_callers_language(tmp_path, monkeypatch):
+    """Issue 31: the CLI says PX or 'native' (its words), the API 'manifest' or None (its values)."""
+    with pytest.raises(ParameterError, match="'manifest', None") as api:
+        sdk.Segmenter(resolution=10)
+    assert "native" not in str(api.value)
+    _no_graphs(monkeypatch)
+    result = CliRunner().invoke(cli.main, ["--demo", "--out", str(tmp_path / "out"), "--resolution", "10"])
+    assert result.exit_code == 2 and "Invalid value for '--resolution'" in result.output
+    flat = " ".join(result.output.split())
+    assert "10 px is too small" in flat and "at least 64 px" in flat and "'native'" in flat
+    assert "manifest" not in flat and "None" not in flat
     assert not (tmp_path / "out").exists()
 
 
@@ -354,7 +396,7 @@ def test_vos_segment_refuses_a_bad_param_before_any_model_work(values, words, mo
     (["--method", "qdmn", "--param", "k=3"], ["policy 'qdmn' takes no parameter k"], "--param"),
     (["--method", "qpm", "--param", "initial_slots=1"], ["qpm: initial_slots must be an int ≥ 2"], "--param"),
     (["--param", "sigma_en=0.5"], ["policy 'every_k' takes no parameter sigma_en"], "--param"),
-    (["--resolution", "8"], ["resolution must be", "≥ 64 px", "got 8 (int)"], "--resolution"),
+    (["--resolution", "8"], ["8 px is too small", "at least 64 px", "'native'"], "--resolution"),
     (["--method", "cutie"], ["unknown memory policy 'cutie'"], "--method"),
 ])
 def test_vos_segment_refuses_what_only_the_method_decides_before_loading_graphs(args, words, option, monkeypatch,
@@ -405,10 +447,10 @@ def _eval(tmp_path, *extra):
     return CliRunner().invoke(vos_eval.main, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("values, words", REFUSED_ON_THE_COMMAND_LINE[:6])
-def test_vos_eval_refuses_a_bad_param(values, words, monkeypatch, tmp_path):
+@pytest.mark.parametrize("method, values, words", REFUSED_ON_THE_COMMAND_LINE[:6] + REFUSED_ON_THE_COMMAND_LINE[-3:])
+def test_vos_eval_refuses_a_bad_param(method, values, words, monkeypatch, tmp_path):
     _no_segmenter(monkeypatch)
-    _usage_error(_eval(tmp_path, *_params(values)), words)
+    _usage_error(_eval(tmp_path, *_method(method), *_params(values)), words)
 
 
 def test_vos_eval_params_reach_the_factory_and_the_report(monkeypatch, tmp_path):
@@ -487,7 +529,8 @@ def test_the_real_factory_applies_the_scoped_params_of_the_method_it_builds():
 def test_vos_bench_refuses_a_too_small_resolution_before_any_run(monkeypatch, tmp_path):
     result, report, built = _bench(tmp_path, monkeypatch, "--methods", "every_k", "--resolution", "32")
     assert result.exit_code == 2, result.output
-    assert "Invalid value for '--resolution'" in result.output and "≥ 64 px" in result.output
+    flat = " ".join(result.output.split())
+    assert "Invalid value for '--resolution'" in flat and "at least 64 px" in flat and "manifest" not in flat
     assert built == [] and report is None
 
 
