@@ -135,7 +135,7 @@ def _methods(ctx, param, value: str | None) -> list[str]:
     return methods
 
 
-@click.command(epilog=EXAMPLES)
+@click.command(context_settings=cli.CONTEXT_SETTINGS, epilog=EXAMPLES)
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="ROOT",
               help="DAVIS-layout root: JPEGImages/, Annotations/.")
 @click.option("--sequence", required=True, help="Sequence to play, e.g. blackswan.")

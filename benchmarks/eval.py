@@ -73,7 +73,7 @@ def _percent(summary: dict) -> dict:
     return {key: round(100 * summary[name], 2) for key, name in keys.items()}
 
 
-@click.command(epilog=EXAMPLES)
+@click.command(context_settings=cli.CONTEXT_SETTINGS, epilog=EXAMPLES)
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="ROOT",
               help="DAVIS-layout root: JPEGImages/, Annotations/, ImageSets/.")
 @click.option("--split", default="val", show_default=True, help="Split file ImageSets/<split>.txt.")

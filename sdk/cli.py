@@ -323,9 +323,10 @@ masks are named after the frames (file stems; 00000, 00001, ... for a video).
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}     # every vosedge command takes -h
 
 
-@click.command(epilog=EXAMPLES)
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=EXAMPLES)
 @click.option("--frames", type=click.Path(path_type=Path), metavar="DIR|VIDEO",
               help="Folder of .jpg/.png frames (sorted by name; hidden files ignored) or a video file.")
 @click.option("--mask", type=click.Path(path_type=Path), metavar="PNG",
