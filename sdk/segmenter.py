@@ -18,6 +18,7 @@ from .params import resolution as check_resolution
 from .policies import MemoryPolicy, make_policy
 from .prior import Priors
 from .runtime import Graphs
+from .soft_output import SoftOutput, soft_output
 
 # floats the readout graph gathers per potentiation call (XMem consolidation; 64 MiB of float32)
 POTENTIATION_FLOATS = 1 << 24
@@ -103,6 +104,33 @@ class Segmenter:
     returns ``key`` [N,C_k,h,w] beside ``value``, the bank and the readout keep one key per
     object) and QAM scores from another value-encoder output than ``value`` (the ``qam``
     graph's input names say which).
+
+    Example — the bundled model on the generated demo clip (objects 1 and 2): the first frame
+    with its mask, then frames alone, soft output, an object removed and given again::
+
+        >>> import numpy as np
+        >>> import sdk
+        >>> from sdk.demo import make_clip
+        >>> rgb, truth = make_clip(frames=8)        # uint8 [T,240,320,3], label maps uint8 [T,240,320]
+        >>> seg = sdk.Segmenter(resolution=240)     # bundled model, CUDA if present else CPU
+        >>> labels = seg.step(rgb[0], truth[0])     # first frame: its mask
+        >>> seg.objects
+        (1, 2)
+        >>> for frame in rgb[1:4]:
+        ...     labels = seg.step(frame)            # uint8 [240,320]: 0, 1 or 2
+        >>> out = seg.step(rgb[4], return_probabilities=True)
+        >>> out.probabilities.shape, out.probabilities.dtype, out.objects
+        ((2, 240, 320), dtype('float32'), (1, 2))
+        >>> argmax = np.argmax([out.background, *out.probabilities], axis=0)
+        >>> bool(np.array_equal(out.labels, np.array([0, *out.objects], np.uint8)[argmax]))
+        True
+        >>> confident = out.probabilities[out.objects.index(1)] > 0.9   # a threshold of one's own
+        >>> seg.remove_object(2)                    # object 2 is done: its memory rows are freed
+        >>> seg.objects, sorted(np.unique(seg.step(rgb[5])).tolist())
+        ((1,), [0, 1])
+        >>> labels = seg.step(rgb[6], truth[6])     # a mask holding 2 adds it again, as a new object
+        >>> seg.objects
+        (1, 2)
     """
 
     def __init__(self, model: str | Path | None = None, method: str | None = None, providers=None,
@@ -197,10 +225,60 @@ class Segmenter:
         """Index the next :meth:`step` gives its frame (0 = first frame of the video)."""
         return self._t
 
+    def remove_object(self, object_id: int) -> None:
+        """Stop tracking object ``object_id`` (a label value in :attr:`objects`), e.g. one that
+        has left the scene (SAM 2's ``remove_object``, Cutie's ``delete_objects``).
+
+        Its value rows (and its memory keys, for exports with per-object keys) leave the
+        memory bank, in place: the bank's buffers keep their size (:attr:`bank_bytes`
+        unchanged, constant memory; the next new object takes the rows). The frames in memory
+        stay for the other objects. From the next :meth:`step` on it is not predicted and not
+        in the label maps, the soft output or :attr:`objects` (the others keep their order).
+        The memory policy forgets what it kept of it (QDMN, QPM, ``quality_gate``: its
+        first-frame QAM score in the normalisation S̄A_1, and QPM's previous-frame quality);
+        the prior masks of prior enhancement (QDMN, QPM) no longer include it. A later
+        :meth:`step` whose mask holds ``object_id`` adds it again as a new object (last in
+        :attr:`objects`, with no memory of before). Removing the last object is allowed: the
+        next :meth:`step` then needs a mask, as a first frame does. :attr:`frame_index` does
+        not change.
+
+        Raises :class:`~sdk.errors.InputError` for an id that is not a tracked object (naming
+        it and the tracked ones) or is not an int (NumPy ints accepted); the Segmenter is then
+        unchanged.
+        """
+        label = self._tracked(object_id)
+        index = self._labels.index(label)
+        priors = self._priors.without(index, label)   # new arrays first: nothing below can fail
+        policy = copy.deepcopy(self.policy)
+        policy.remove_object(index)
+        self.bank.remove_object(index)
+        self.policy, self._priors = policy, priors
+        self._labels = [value for value in self._labels if value != label]
+        self._lut = np.array([0, *self._labels], np.uint8)
+
+    def _tracked(self, object_id) -> int:
+        """``object_id`` as the int label value of a tracked object; InputError otherwise."""
+        tracked = (", ".join(map(str, self._labels)) if self._labels else
+                   "none (no frame with a mask yet)" if self._geometry is None else "none (all removed)")
+        if isinstance(object_id, (bool, np.bool_)) or not isinstance(object_id, (int, np.integer)):
+            raise InputError(f"remove_object takes an object id, the int label value of a tracked object, got "
+                             f"{object_id!r} ({type(object_id).__name__}); tracked: {tracked}")
+        if int(object_id) not in self._labels:
+            raise InputError(f"unknown object id {int(object_id)}: not a tracked object (tracked: {tracked})")
+        return int(object_id)
+
     # -- inference -------------------------------------------------------------------------
-    def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    def step(self, frame: np.ndarray, mask: np.ndarray | None = None,
+             return_probabilities: bool = False) -> np.ndarray | SoftOutput:
         """Segment one frame; returns a fresh label map uint8 [H,W] (0 = background, else the
-        label of a known object; never :data:`VOID`).
+        label of a known object; never :data:`VOID`), or with ``return_probabilities=True`` a
+        :class:`~sdk.soft_output.SoftOutput`: that label map (``labels``), the per-object
+        probabilities float32 [N,H,W] at input size that it is the argmax of
+        (``probabilities``, background excluded), the objects' label values in channel order
+        (``objects``) and the background's probability float32 [H,W] (``background``). On a
+        frame with a mask the mask is imposed on them (1 inside the given object, 0 for the
+        others; see :class:`~sdk.soft_output.SoftOutput`). Without the flag nothing of them is
+        computed (the frame costs what it did).
 
         frame: RGB uint8 [H,W,3] (H, W ≥ 1), the same size for the whole video; any array NumPy
             converts to that (any strides: views, Fortran order and negative strides give the
@@ -222,31 +300,40 @@ class Segmenter:
             no mask.
         Void pixels carry no label: on the first frame they count as background; on later
         frames the prediction of every known object fills them, the given ones included (as
-        if no mask were given there).
+        if no mask were given there). After :meth:`remove_object` has removed the last object,
+        the next frame needs a mask (as a first frame does).
+        return_probabilities: bool (NumPy bool too); anything else →
+            :class:`~sdk.errors.ParameterError`.
 
         :attr:`timings` then holds this frame's per-stage wall times in ms (:data:`STAGES`,
         0 for stages that did not run, plus ``total``).
 
         Raises :class:`~sdk.errors.InputError` for a refused frame or mask (above), a frame
-        whose size differs from the first frame's, a first frame without a mask or with an
-        empty one, or a frame NumPy has no memory for (try a smaller ``resolution``);
-        :class:`~sdk.errors.GraphRunError` when onnxruntime fails on a graph (e.g. cannot
-        allocate its memory at this resolution) or a graph returns NaN or infinite values (the
-        decoder's probabilities, the readout, QAM scores, the value encoder's outputs, keys
+        whose size differs from the first frame's, a first frame (or a frame with no object
+        left) without a mask or with an empty one, or a frame NumPy has no memory for (try a
+        smaller ``resolution``); :class:`~sdk.errors.GraphRunError` when onnxruntime fails on
+        a graph (e.g. cannot allocate its memory at this resolution) or a graph returns NaN or
+        infinite values (the decoder's probabilities, the readout, QAM scores, the value encoder's outputs, keys
         going into memory, SAM's RDE fold), naming the graph and the frame index. A call that
         raises changes nothing: the memory, the policy's state, the objects and
         :attr:`frame_index` are as before it, and the next call gives what it would have given
         without the refused one.
         """
         t0 = perf_counter()
+        if not isinstance(return_probabilities, (bool, np.bool_)):
+            raise refuse("Segmenter.step", "return_probabilities", return_probabilities, "True or False")
         frame = self._check_frame(frame)
         mask, given, void = self._check_mask(mask, frame.shape[:2])
         if self._geometry is None and mask is None:
             raise InputError("the first frame needs a mask: step(frame, mask) with a label map "
                              "holding at least one object (labels 1..max_objects)")
+        if not self._labels and mask is None:
+            raise InputError("no object is tracked: remove_object removed the last one, so this frame needs a "
+                             "mask: step(frame, mask) with a label map holding the objects to track from here "
+                             "(labels 1..max_objects), or reset() for a new video")
         policy, bank = copy.deepcopy(self.policy), self.bank.snapshot()
         try:
-            return self._step(frame, mask, given, void, t0)
+            return self._step(frame, mask, given, void, t0, bool(return_probabilities))
         except BaseException as error:               # roll back: the refused call never happened
             self.policy = policy
             self.bank.restore(bank)
@@ -260,7 +347,7 @@ class Segmenter:
             raise
 
     def _step(self, frame: np.ndarray, mask: np.ndarray | None, given: list[int], void: bool,
-              t0: float) -> np.ndarray:
+              t0: float, probabilities: bool) -> np.ndarray | SoftOutput:
         """:meth:`step` on checked inputs. It changes the Segmenter's own attributes only at the
         end, when nothing can fail any more; the bank and the policy may change on the way
         (:meth:`step` restores them when this raises): the bank's buffers are replaced (objects,
@@ -311,6 +398,7 @@ class Segmenter:
             out = np.where(labelled, mask, label_values(lut[rest], predicted))
             if void:                                                  # every object's prediction
                 out = np.where(mask == VOID, label_values(lut, channel_argmax(full, self._work)), out)
+        result = soft_output(out, full, tuple(labels), mask, given, void) if probabilities else out
         ms["postprocess"] += (perf_counter() - t4) * 1e3
 
         encoded = scores = None
@@ -349,7 +437,7 @@ class Segmenter:
         ms["bookkeeping"] = max(0.0, total - sum(ms.values()))
         ms["total"] = total
         self.timings = ms
-        return out
+        return result
 
     def _check_finite(self, graph: str, bounded: bool = False, **outputs: np.ndarray) -> None:
         """Raise :class:`~sdk.errors.GraphRunError` when one of ``outputs`` (name → float array
