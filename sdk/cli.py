@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import shlex
 import sys
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,7 @@ from sdk.demo import make_clip
 from sdk.errors import BadFrameError, InputError, ParameterError, VosEdgeError
 from sdk.io import (
     OverlayWriter,
+    check_mask_size,
     frame_files,
     iter_frames,
     list_frames,
@@ -298,6 +300,13 @@ def segment(
     return count
 
 
+def _peek(frames: Iterable[tuple[str, np.ndarray]]) -> tuple[Iterator[tuple[str, np.ndarray]], tuple | None]:
+    """(the same frames, the first of them or None when there are none); reads one frame."""
+    frames = iter(frames)
+    first = next(frames, None)
+    return (frames if first is None else itertools.chain([first], frames)), first
+
+
 def _at_frame(error: VosEdgeError, index: int, name: str) -> VosEdgeError:
     """The same kind of error, its message prefixed with the frame it happened at."""
     message = f"frame {index} ({name}): {error}"
@@ -379,6 +388,9 @@ def main(frames, mask, out, overlay, overwrite, on_bad_frame, demo, model, metho
             raise click.UsageError(f"--overlay {overlay} exists: pass --overwrite to replace it")
         folder.prepare(overwrite, planned, check_only=True)    # refused before the model loads
         try:
+            stream, first = _peek(stream)     # the mask against the first frame, before the model loads
+            if first is not None and not (skipped and skipped[0].index == 0):
+                check_mask_size(first_mask, first[1], "(--demo)" if demo else mask, first[0])
             segmenter = make_segmenter(model, method, resolution, providers, params)
             removed = folder.prepare(overwrite, planned, command=shlex.join(["vos-segment", *sys.argv[1:]]))
             if removed:

@@ -347,6 +347,22 @@ def read_mask(path: str | Path) -> np.ndarray:
     return _rgb_labels(path, pixels, None, kind)
 
 
+def check_mask_size(mask: np.ndarray, frame: np.ndarray, mask_path: str | Path, frame_name: str) -> None:
+    """Refuse a first-frame mask (label map [H,W]) whose size differs from its frame's (RGB
+    [H,W,3]), before anything is segmented: InputError naming both sizes (W×H px), the files,
+    and the fixes (the mask of this video at the frames' resolution; or a nearest-neighbour
+    resize, which keeps labels labels)."""
+    (mh, mw), (fh, fw) = mask.shape[:2], frame.shape[:2]
+    if (mh, mw) == (fh, fw):
+        return
+    raise InputError(
+        f"mask {mask_path} is {mw}x{mh} px but the first frame ({frame_name}) is {fw}x{fh}: the mask must be "
+        f"the first frame's size. Check that it is this video's first-frame mask at the frames' resolution "
+        f"(DAVIS: Annotations/480p goes with JPEGImages/480p, Full-Resolution with Full-Resolution); a mask "
+        f"drawn at another size can be resized to {fw}x{fh} with nearest-neighbour interpolation, which keeps "
+        f"labels as labels (Pillow: Image.open(mask).resize(({fw}, {fh}), Image.NEAREST); never bilinear)")
+
+
 def write_mask(path: str | Path, labels: np.ndarray) -> None:
     """Write a label map (integer [H,W], values 0..255) as a DAVIS palette PNG.
 

@@ -43,7 +43,9 @@ class OutputFolder:
     record), and refuses if a file it did not write is still there under a name in
     ``planned`` (the names this run will write), since replacing it would lose a file nobody
     asked us to touch. Files of ``keep`` (e.g. the overlay video the same run replaces) are
-    never counted as foreign.
+    never counted as foreign. A folder that holds nothing but a record (a run that failed
+    before writing a file, e.g. on a refused mask, or whose files were deleted since) counts
+    as empty: its record is replaced, with or without ``overwrite``, since nothing is lost.
     """
 
     def __init__(self, folder: Path):
@@ -61,11 +63,17 @@ class OutputFolder:
             raise OutputError(f"--out {folder} exists and is not a folder")
         present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
         removed = 0
+        if present == [RECORD] and recorded_files(folder) is not None:
+            present = []                    # only the record of a run that left no file: nothing to lose
         if present:
             previous = recorded_files(folder)
             if not overwrite:
-                what = (f"{len(previous)} file(s) of an earlier vos-segment run" if previous is not None
-                        else f"{len(present)} file(s) ({', '.join(present[:3])}{', …' if len(present) > 3 else ''})")
+                ours = sorted(set(present) & set(previous or []))
+                others = [name for name in present if name not in ours and name != RECORD]
+                what = " and ".join(
+                    ([f"{len(ours)} file(s) of an earlier vos-segment run"] if ours else [])
+                    + ([f"{len(others)} {'other ' if ours else ''}file(s) ({', '.join(others[:3])}"
+                        f"{', …' if len(others) > 3 else ''})"] if others else [])) or f"{', '.join(present)}"
                 raise OutputError(f"--out {folder} is not empty: it holds {what}; pass --overwrite to replace "
                                   "what vos-segment wrote there, or choose an empty folder")
             foreign = set(present) - set(previous or []) - {RECORD}

@@ -84,6 +84,47 @@ def test_a_second_run_is_refused_then_overwrite_replaces_only_what_vos_segment_w
     assert "3 masks written" in result.output and "removed 5 file(s)" in result.output
 
 
+def test_a_mask_of_another_size_is_refused_with_the_fix_before_anything_is_written(fake, tmp_path):
+    """Issue 31: the refusal says how to fix it and, found before the run, leaves no --out."""
+    frames, _, labels = make_folder(tmp_path / "frames", frames=3)
+    write_mask(tmp_path / "small.png", labels[0][:24, :32])
+    out = tmp_path / "out"
+    result = invoke("--frames", frames, "--mask", tmp_path / "small.png", "--out", out)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = last_line(result)
+    assert error.startswith("Error: mask ") and "small.png is 32x24 px" in error and "first frame (00000) is 64x48" in error
+    assert "nearest-neighbour" in error and "Annotations/480p goes with JPEGImages/480p" in error
+    assert not out.exists() and fake.given == []                    # no folder, no frame stepped
+
+
+def test_a_run_that_failed_before_writing_a_file_does_not_block_its_folder(fake, tmp_path):
+    """Issue 31: a folder holding only the record of a run that wrote nothing takes a rerun, with
+    or without --overwrite; a record beside real outputs (or anyone's file) still needs --overwrite."""
+    frames, mask, labels = make_folder(tmp_path / "frames", frames=3)
+    write_mask(tmp_path / "empty.png", np.zeros_like(labels[0]))
+    out = tmp_path / "out"
+    result = invoke("--frames", frames, "--mask", tmp_path / "empty.png", "--out", out)   # the segmenter refuses it
+    assert result.exit_code == 1 and "empty" in last_line(result)
+    assert [p.name for p in out.iterdir()] == [RECORD] and recorded_files(out) == []
+    for extra in ([], ["--overwrite"]):
+        result = invoke("--frames", frames, "--mask", mask, "--out", out, *extra)
+        assert result.exit_code == 0, result.output
+        assert "3 masks written" in result.output and "removed" not in result.output
+        assert recorded_files(out) == ["00000.png", "00001.png", "00002.png"]
+        if not extra:                       # a real run's outputs are refused, then replaced with --overwrite
+            result = invoke("--frames", frames, "--mask", mask, "--out", out)
+            assert result.exit_code == 1 and "holds 3 file(s) of an earlier vos-segment run" in last_line(result)
+            for name in recorded_files(out):
+                (out / name).unlink()        # the user deleted the masks: only the record is left
+
+    (out / "notes.txt").write_text("mine")                             # a record beside someone's file
+    for name in recorded_files(out):
+        (out / name).unlink()
+    result = invoke("--frames", frames, "--mask", mask, "--out", out)
+    assert result.exit_code == 1 and "holds 1 file(s) (notes.txt)" in last_line(result)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_overwrite_refuses_to_replace_a_file_it_did_not_write(fake, tmp_path):
     frames, mask, _ = make_folder(tmp_path / "frames", frames=3)
     out = tmp_path / "out"
