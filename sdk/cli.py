@@ -8,10 +8,13 @@ into one-line messages (`user_errors`).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import inspect
 import itertools
+import secrets
 import shlex
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -331,6 +334,14 @@ masks are named after the frames (file stems; 00000, 00001, ... for a video).
 """
 
 
+def demo_folder() -> Path:
+    """A new folder name for a --demo run without --out: ``vosedge-demo-<UTC time>-<random>``
+    in the system's temporary folder (:func:`tempfile.gettempdir`, TMPDIR), not created (the
+    run creates it): never the current directory, never an earlier demo's folder."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.gettempdir()) / f"vosedge-demo-{stamp}-{secrets.token_hex(3)}"
+
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}     # every vosedge command takes -h
 
@@ -342,7 +353,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}     # every vosedge c
               help="Mask of the objects in the first frame (formats: see below).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Output folder, one palette PNG per frame; must be empty or hold an earlier "
-                   "vos-segment run (then --overwrite). With --demo: ./vosedge-demo.")
+                   "vos-segment run (then --overwrite). With --demo, default: a new folder "
+                   "vosedge-demo-<time>-<id> in the system's temporary folder (TMPDIR), printed at the end.")
 @click.option("--overlay", type=click.Path(dir_okay=False, path_type=Path), metavar="MP4",
               help="Also write the frames with the masks blended in as an MP4 video.")
 @click.option("--overwrite", is_flag=True,
@@ -353,7 +365,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}     # every vosedge c
                    "(masks written so far are kept), or skip it (no mask for it, nothing from it enters "
                    "memory; listed at the end).")
 @click.option("--demo", is_flag=True,
-              help="Segment a synthetic clip made by code (two moving textured objects).")
+              help="Segment a synthetic clip made by code (two moving textured objects), with an "
+                   "overlay video; each run writes a fresh folder unless --out is given.")
 @segmenter_options()
 def main(frames, mask, out, overlay, overwrite, on_bad_frame, demo, model, method, resolution, providers,
          params=None):
@@ -362,7 +375,7 @@ def main(frames, mask, out, overlay, overwrite, on_bad_frame, demo, model, metho
     if demo:
         if frames or mask:
             raise click.UsageError("--demo makes its own clip: drop --frames and --mask")
-        out = out or Path("vosedge-demo")
+        out = out or demo_folder()
         overlay = overlay or out / "overlay.mp4"
     elif not (frames and mask and out):
         raise click.UsageError("--frames, --mask and --out are required (or try --demo)")

@@ -80,6 +80,36 @@ def test_demo_writes_masks_and_overlay(fake, tmp_path):
     assert str(tmp_path / "demo" / "overlay.mp4") in result.output
 
 
+def test_demo_runs_again_into_a_fresh_folder_and_never_writes_the_current_directory(fake, tmp_path, monkeypatch):
+    """Issue 31: without --out each --demo run writes a new vosedge-demo-* folder in TMPDIR and
+    says where; the current directory stays empty."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    outputs = [invoke("--demo"), invoke("--demo")]
+    assert all(result.exit_code == 0 for result in outputs), outputs[-1].output
+    folders = sorted((tmp_path / "tmp").iterdir())
+    assert len(folders) == 2 and all(f.name.startswith("vosedge-demo-") for f in folders)
+    for folder in folders:
+        assert len(list(folder.glob("*.png"))) == 40 and (folder / "overlay.mp4").stat().st_size > 0
+        assert sum(f"masks written to {folder}/" in r.output for r in outputs) == 1
+        assert sum(f"overlay video: {folder / 'overlay.mp4'}" in r.output for r in outputs) == 1
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_demo_honours_out_with_the_usual_rules(fake, tmp_path):
+    out = tmp_path / "demo"
+    assert invoke("--demo", "--out", out).exit_code == 0
+    again = invoke("--demo", "--out", out)
+    assert again.exit_code == 1 and "earlier vos-segment run" in again.output and "--overwrite" in again.output
+    replaced = invoke("--demo", "--out", out, "--overwrite")
+    assert replaced.exit_code == 0 and "removed 41 file(s)" in replaced.output    # 40 masks + the overlay
+    assert len(list(out.glob("*.png"))) == 40
+
+
 def _bad_mask(kind, labels):
     if kind == "size":
         return labels[:, :32]
