@@ -91,8 +91,11 @@ def main(data, split, sequences, out, json_path, model, method, resolution, prov
         names = split_sequences(data, split, sequences)
         segmenter = cli.make_segmenter(model, method, resolution, providers, params)
         all_objects, per_sequence, total_frames, total_seconds = [], {}, 0, 0.0
+        warned = False
         try:
             for sequence in names:
+                if not warned and segmenter.resolution is not None:    # one line for the first upscaled input
+                    warned = _warn_upscaled(segmenter, data, sequence)
                 objects, latencies = evaluate(segmenter, data, sequence, out)
                 all_objects += objects.values()
                 per_sequence[sequence] = {**_percent(summarize(objects.values())), "frames": len(latencies),
@@ -108,12 +111,24 @@ def main(data, split, sequences, out, json_path, model, method, resolution, prov
                        + (f" and scores in {json_path} are kept" if per_sequence else " are kept"), err=True)
             raise SystemExit(cli.EXIT_INTERRUPTED) from None
     report = _report(all_objects, per_sequence, total_frames, total_seconds, data, split, segmenter, params, model)
+    click.echo(cli.run_settings(segmenter, model))
     click.echo(f"{'sequence':<20} {'J':>6} {'F':>6} {'J&F':>6} {'frames':>7} {'fps':>7}")
     for sequence, scores in per_sequence.items():
         click.echo(_row(sequence, scores))
     click.echo(_row("mean (over objects)", report))
     _write(json_path, report)
     click.echo(f"scores: {json_path}; masks: {out}/")
+
+
+def _warn_upscaled(segmenter, data: Path, sequence: str) -> bool:
+    """Say on stderr (one line) when ``sequence``'s frames are smaller than the internal
+    resolution (:func:`sdk.cli.upscale_warning`) → whether it said so."""
+    frames, _ = davis_sequence_dirs(data, sequence)
+    _, rgb = next(iter(iter_frames(frames)))
+    warning = cli.upscale_warning(segmenter, *rgb.shape[:2], what=f"sequence {sequence}")
+    if warning:
+        click.echo(f"{warning} (said for the first such sequence only)", err=True)
+    return warning is not None
 
 
 def _report(all_objects, per_sequence, total_frames, total_seconds, data, split, segmenter, params, model) -> dict:

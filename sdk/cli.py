@@ -242,6 +242,32 @@ def segmenter_options(method: bool = True):
     return decorate
 
 
+def run_settings(segmenter, model: Path | None = None) -> str:
+    """What a run used, for the line a command prints: 'method every_k, 480 px internal,
+    float32' (the internal short side, or 'native resolution' for the input size; the
+    manifest's ``precision.dtype``: float32, float16 or int8)."""
+    resolution = segmenter.resolution
+    size = "native resolution (input size)" if resolution is None else f"{resolution} px internal"
+    manifest = getattr(segmenter, "manifest", None)
+    try:
+        precision = (manifest or resolve_model(model)).precision["dtype"]
+    except VosEdgeError:                    # a stand-in segmenter without a readable model
+        precision = "precision unknown"
+    return f"method {segmenter.method}, {size}, {precision}"
+
+
+def upscale_warning(segmenter, height: int, width: int, what: str = "the input") -> str | None:
+    """The one-line warning for input frames (height × width px) whose short side is below the
+    segmenter's internal resolution, i.e. that are upscaled for the network (a 240p input at
+    480 px internal); None when they are not (or the resolution is native)."""
+    resolution, short = segmenter.resolution, min(height, width)
+    if resolution is None or short >= resolution:
+        return None
+    return (f"warning: {what} is {width}x{height}, its short side {short} px below the internal resolution "
+            f"{resolution} px: frames are upscaled ×{resolution / short:.2g} for the network "
+            f"(--resolution {short} or native runs at the input size)")
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn sdk errors and I/O errors into a one-line click error (exit code 1)."""
@@ -405,6 +431,9 @@ def main(frames, mask, out, overlay, overwrite, on_bad_frame, demo, model, metho
             if first is not None and not (skipped and skipped[0].index == 0):
                 check_mask_size(first_mask, first[1], "(--demo)" if demo else mask, first[0])
             segmenter = make_segmenter(model, method, resolution, providers, params)
+            warning = first and upscale_warning(segmenter, *first[1].shape[:2])
+            if warning:
+                click.echo(warning, err=True)
             removed = folder.prepare(overwrite, planned, command=shlex.join(["vos-segment", *sys.argv[1:]]))
             if removed:
                 click.echo(f"removed {removed} file(s) of the earlier run in {out}/", err=True)
@@ -420,9 +449,9 @@ def main(frames, mask, out, overlay, overwrite, on_bad_frame, demo, model, metho
             hint = " (--on-bad-frame skip segments past bad frames)" if isinstance(error, BadFrameError) else ""
             raise click.ClickException(f"{error}; the {kept} mask(s) already written to {out}/ are kept{hint}"
                                        if kept else f"{error}{hint}") from error
-    click.echo(f"{count} masks written to {out}/")
     if skipped:
         click.echo(f"{len(skipped)} frame(s) skipped (no mask written): "
                    + "; ".join(f"{e.name or e.index}: {e}" for e in skipped))
     if overlay:
         click.echo(f"overlay video: {overlay}")
+    click.echo(f"{count} masks written to {out}/ ({run_settings(segmenter, model)})")

@@ -125,6 +125,22 @@ def test_a_run_that_failed_before_writing_a_file_does_not_block_its_folder(fake,
     assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("resolution, size", [(None, "native resolution (input size)"), (480, "480 px internal"),
+                                              (48, "48 px internal")])
+def test_the_last_line_says_method_resolution_and_precision_and_upscaling_is_warned(fake, tmp_path, resolution,
+                                                                                     size):
+    """Issue 31: a 48x64 input at 480 px internal is upscaled ×10: one warning on stderr, the run goes on."""
+    fake.resolution = resolution
+    frames, mask, _ = make_folder(tmp_path / "frames", frames=3)
+    result = invoke("--frames", frames, "--mask", mask, "--out", tmp_path / "out", "--overlay", tmp_path / "o.mp4")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == f"3 masks written to {tmp_path / 'out'}/ (method every_k, {size}, float32)"
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == (["warning: the input is 64x48, its short side 48 px below the internal resolution 480 px: "
+                         "frames are upscaled ×10 for the network (--resolution 48 or native runs at the input size)"]
+                        if resolution == 480 else [])
+
+
 def test_overwrite_refuses_to_replace_a_file_it_did_not_write(fake, tmp_path):
     frames, mask, _ = make_folder(tmp_path / "frames", frames=3)
     out = tmp_path / "out"

@@ -135,3 +135,35 @@ def test_ctrl_c_exits_130_keeping_the_sequences_done(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["interrupted"] and list(report["per_sequence"]) == ["both"] and report["J&F"] == 100.0
     assert len(list((tmp_path / "out" / "both").glob("*.png"))) == len(gts["both"])
+
+
+class _At(CopyFirstSegmenter):
+    """A stand-in that says it runs qdmn at ``resolution`` px internal."""
+
+    method = "qdmn"
+
+    def __init__(self, resolution):
+        super().__init__()
+        self.resolution = resolution
+
+
+@pytest.mark.parametrize("resolution, upscaled", [(480, True), (48, False), (None, False)])
+def test_the_table_says_method_resolution_and_precision_and_warns_of_upscaling(tmp_path, monkeypatch, resolution,
+                                                                              upscaled):
+    """Issue 31: what the JSON says is printed with the table; 48x64 frames at 480 px
+    internal are upscaled ×10, said once on stderr (not an error)."""
+    make_dataset(tmp_path / "data")
+    result, report = run_eval(tmp_path, _At(resolution), monkeypatch)
+    assert result.exit_code == 0, result.output
+    size = "native resolution (input size)" if resolution is None else f"{resolution} px internal"
+    lines = result.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("sequence ")))
+    assert lines[header - 1] == f"method qdmn, {size}, {report['precision']}" and report["precision"] == "float32"
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    if upscaled:
+        assert warnings == ["warning: sequence both is 64x48, its short side 48 px below the internal resolution "
+                            "480 px: frames are upscaled ×10 for the network (--resolution 48 or native runs at the "
+                            "input size) (said for the first such sequence only)"]
+    else:
+        assert warnings == []
+    assert "warning" not in result.stdout
