@@ -1,8 +1,9 @@
-"""vos-bench: speed, latency, memory and J&F of memory policies on synthetic long videos.
+"""vos-bench: speed, latency, memory and J&F of memory policies on long videos played from a real clip.
 
 A video of length L plays a DAVIS sequence forward then backward L times (RDE-VOS §4.3:
-every frame keeps its ground truth and neighbouring frames stay smooth); ``--frames N``
-plays that same order for exactly N frames (a soak run). Each (method, length) run happens
+every frame keeps its ground truth and neighbouring frames stay smooth); ``--stream-frames N``
+plays that same order for exactly N frames (a soak run). ``--frames N``, its old name, still
+works with a deprecation warning (vos-segment's ``--frames`` is the input video, not a count). Each (method, length) run happens
 in a fresh process by default, so its peak resident set is its own. The JSON it writes is
 documented in docs/bench-json.md.
 """
@@ -47,7 +48,7 @@ Examples:
             --methods every_k,first_latest,lfu --lengths 1,10,20 --resolution 240p \\
             --json runs/bench.json --plots runs/plots --table runs/bench.md
   vos-bench --data ../shared/data/davis2016-240p --sequence cows --methods lfu \\
-            --frames 10000 --json runs/soak.json                  # constant-memory soak
+            --stream-frames 10000 --json runs/soak.json           # constant-memory soak
   vos-export --from-export sdk/models/default --precision fp16 --out exports/lite-fp16
   vos-bench --data ../shared/data/davis2016-240p --sequence cows --lengths 1 \\
             --model exports/lite-fp16 --providers cuda,cpu --json runs/fp16.json
@@ -63,7 +64,7 @@ video first steps --warmup frames and resets, then times every frame of the vide
 = Segmenter.timings means. Bank bytes: the memory bank's arrays at the end (and after frame
 0). Peak RSS: the process' high-water resident set over the timed frames (Linux VmHWM,
 reset at their start); with the default --isolate each length has its own process. J&F:
-DAVIS 2017 protocol over the whole synthetic video. The reference (--reference) runs the
+DAVIS 2017 protocol over the whole played video. The reference (--reference) runs the
 same weights' every_k loop through PyTorch on the first length, frame by frame alternating
 with the sdk: overhead_ratio = sdk ms/frame over torch ms/frame. Methods the model cannot
 run (e.g. rde without SAM graphs) are recorded as skipped. Ctrl-C stops the benchmark and
@@ -143,8 +144,10 @@ def _methods(ctx, param, value: str | None) -> list[str]:
               help="Memory policies to compare; those the model lacks graphs for are recorded as skipped.")
 @click.option("--lengths", metavar="L1,L2", callback=_lengths,
               help="Video lengths in forward+backward units.  [default: 1,10,20]")
-@click.option("--frames", "stream_frames", type=click.IntRange(min=1), metavar="N",
+@click.option("--stream-frames", "stream_frames", type=click.IntRange(min=1), metavar="N",
               help="Instead of --lengths: one stream of exactly N frames of the same order (soak run).")
+@click.option("--frames", "old_stream_frames", type=click.IntRange(min=1), hidden=True,
+              help="Deprecated name of --stream-frames (warns).")
 @click.option("--resolution", callback=parse_resolution, metavar="PX|Np|WxH|native",
               help="Internal short side ('240', '240p'), input resized to W×H ('854x480'), or 'native'. "
                    "Default: the model's.")
@@ -185,13 +188,20 @@ def _methods(ctx, param, value: str | None) -> list[str]:
                    "machine drift weighs on every length alike. Default: on with --isolate. "
                    "--no-lockstep: one run after another.")
 @cli.param_option()
-def main(data, sequence, methods, lengths, stream_frames, resolution, providers, model, json_path,
+def main(data, sequence, methods, lengths, stream_frames, old_stream_frames, resolution, providers, model, json_path,
          plots_dir, table_path, reference, checkpoint, warmup, repeats, balance, max_frames, isolate,
          lockstep_runs, params):
-    """Benchmark memory policies on synthetic long videos: fps, latency p50/p90/p99, stage
-    times, memory-bank bytes, peak RSS, GPU memory and J&F against video length."""
+    """Benchmark memory policies on long videos played from a real DAVIS clip (forward then
+    backward, repeated): fps, latency p50/p90/p99, stage times, memory-bank bytes, peak RSS,
+    GPU memory and J&F against video length."""
+    if old_stream_frames is not None:
+        if stream_frames is not None:
+            raise click.UsageError("--frames is the old name of --stream-frames: give --stream-frames alone")
+        click.echo("warning: vos-bench --frames N is deprecated (vos-segment's --frames is the input video): "
+                   "use --stream-frames N", err=True)
+        stream_frames = old_stream_frames
     if stream_frames is not None and lengths is not None:
-        raise click.UsageError("--frames (one stream of N frames) and --lengths exclude each other")
+        raise click.UsageError("--stream-frames (one stream of N frames) and --lengths exclude each other")
     if lockstep_runs and not isolate:
         raise click.UsageError("--lockstep runs every length in its own process; it cannot go with --no-isolate")
     lockstep_runs = isolate if lockstep_runs is None else lockstep_runs

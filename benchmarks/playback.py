@@ -1,4 +1,4 @@
-"""vos-bench's synthetic long videos: the frame orders a video of length L (or a stream of N
+"""vos-bench's long videos played from a real clip: the frame orders a video of length L (or a stream of N
 frames) plays, and the DAVIS sequence they play (frames, ground truth, prompts)."""
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ SOAK_PLOT = "soak.png"
 
 
 def soak_table(results: Sequence[dict]) -> str:
-    """Markdown table of a stream (``--frames N``) benchmark: per method the frames, fps, p50
+    """Markdown table of a stream (``--stream-frames N``) benchmark: per method the frames, fps, p50
     latency over the first and last 10 % of the frames, the bank's bytes over every frame
     (min = max for constant memory), RSS growth after warm-up (``rss_growth_bytes``) and J&F."""
     header = ("| method | frames | fps | p50 first 10 % | p50 last 10 % | bank (every frame) | RSS at end | "

@@ -182,18 +182,36 @@ def test_bench_reports_per_method_and_length(tmp_path, monkeypatch):
     assert "| `first_latest` | 2 | 20 |" in table
 
 
-def test_stream_mode_plays_exactly_n_frames(tmp_path, monkeypatch):
-    result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "lfu", "--frames", "25")
+@pytest.mark.parametrize("option", ["--stream-frames", "--frames"])
+def test_stream_mode_plays_exactly_n_frames(tmp_path, monkeypatch, option):
+    result, report, _ = fake_bench(tmp_path, monkeypatch, "--methods", "lfu", option, "25")
     assert result.exit_code == 0, result.output
     check_schema(report)
     (r,) = report["results"]
     assert report["mode"] == "stream" and r["frames"] == 25 and r["length"] == 2.5
     assert r["windows"]["first"]["frames"] == r["windows"]["last"]["frames"] == 2   # 10 % of 25, rounded
+    deprecated = [line for line in result.stderr.splitlines() if "deprecated" in line]
+    assert deprecated == ([] if option == "--stream-frames" else
+                          ["warning: vos-bench --frames N is deprecated (vos-segment's --frames is the input video): "
+                           "use --stream-frames N"])
 
 
-def test_frames_and_lengths_exclude_each_other(tmp_path, monkeypatch):
-    result, _, _ = fake_bench(tmp_path, monkeypatch, "--frames", "25", "--lengths", "1")
-    assert result.exit_code == 2 and "exclude" in result.output
+@pytest.mark.parametrize("args, words", [
+    (["--stream-frames", "25", "--lengths", "1"], "exclude"),
+    (["--frames", "25", "--lengths", "1"], "exclude"),
+    (["--frames", "25", "--stream-frames", "25"], "old name of --stream-frames"),
+])
+def test_frames_and_lengths_exclude_each_other(tmp_path, monkeypatch, args, words):
+    result, _, built = fake_bench(tmp_path, monkeypatch, *args)
+    assert result.exit_code == 2 and words in result.output and built == []
+
+
+def test_help_names_the_stream_option_and_the_real_clip():
+    """Issue 31: --frames (a folder or video in vos-segment) is not offered as a count, and the
+    videos are a real clip played forward and back, not synthetic."""
+    text = " ".join(CliRunner().invoke(bench.main, ["--help"]).output.split())
+    assert "--stream-frames N" in text and "--frames" not in text.replace("--stream-frames", "")
+    assert "synthetic" not in text and "played from a real DAVIS clip (forward then backward" in text
 
 
 def test_unknown_method_is_a_usage_error(tmp_path, monkeypatch):
