@@ -188,11 +188,14 @@ def normalise_table(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Logistic function 1/(1+e^−x) in float32, evaluated as PyTorch's ``torch.sigmoid`` does
-    (e^−x, then 1 + ·, then the reciprocal), so that saturated probabilities round to the same
-    float32 steps below 1 (the soft aggregation's 1e-7 clamp turns one-ulp differences there
-    into different odds). Float32 array of any shape → float32 of the same shape, in `out` when
-    given (`out` may be `x`); no overflow warning for very negative x (e^−x = inf → 0).
+    """Logistic function 1/(1+e^−x) in float32, in the order of PyTorch's ``torch.sigmoid``
+    (e^−x, then 1 + ·, then the reciprocal), so that saturated probabilities round to the
+    float32 steps below 1 that torch's do wherever the two e^x agree (the soft aggregation's
+    1e-7 clamp turns one-ulp differences there into different odds). They do not always:
+    NumPy's SIMD e^x and torch's differ by one ulp on ~16 % of float32 inputs (measured
+    2026-12-06, README "Teacher-forced"), so a saturated probability can land one step away
+    from torch's. Float32 array of any shape → float32 of the same shape, in `out` when given
+    (`out` may be `x`); no overflow warning for very negative x (e^−x = inf → 0).
 
     ``np.exp`` is most of its cost (1.1 ms of ~1.3 for a 480p map on the project VM); OpenCV's
     ``cv2.exp`` takes 0.17 ms but differs by ≤ 4 ulp, which flipped one near-tied pixel in
