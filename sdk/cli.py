@@ -28,6 +28,7 @@ from sdk.errors import BadFrameError, InputError, ParameterError, VosEdgeError
 from sdk.io import (
     OverlayWriter,
     check_mask_size,
+    check_overlay_path,
     frame_files,
     iter_frames,
     list_frames,
@@ -289,8 +290,8 @@ def segment(
 ) -> int:
     """Step `segmenter` through (name, rgb uint8 [H,W,3]) frames, giving `first_mask` (label
     map [H,W]) with the first; write `<out>/<name>.png` (DAVIS palette) per frame, recorded in
-    `out` as it is written, and, if `overlay` is set, an MP4 of the blended masks -> number of
-    masks written.
+    `out` as it is written, and, if `overlay` is set, an H.264 MP4 of the blended masks
+    (:class:`~sdk.io.OverlayWriter`) -> number of masks written.
 
     With `skipped` (a list: the ``--on-bad-frame skip`` mode), a frame whose size differs from
     the first frame's is appended to it as a :class:`~sdk.errors.BadFrameError` and not
@@ -368,6 +369,15 @@ def demo_folder() -> Path:
     return Path(tempfile.gettempdir()) / f"vosedge-demo-{stamp}-{secrets.token_hex(3)}"
 
 
+def _overlay_path(ctx, param, value: Path | None) -> Path | None:
+    """Click callback of --overlay: refuse a name not ending in .mp4 (the video is always H.264
+    MP4), before any frame is read or anything written."""
+    try:
+        return value and check_overlay_path(value)
+    except InputError as error:
+        raise click.BadParameter(str(error)) from error
+
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}     # every vosedge command takes -h
 
@@ -381,8 +391,9 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}     # every vosedge c
               help="Output folder, one palette PNG per frame; must be empty or hold an earlier "
                    "vos-segment run (then --overwrite). With --demo, default: a new folder "
                    "vosedge-demo-<time>-<id> in the system's temporary folder (TMPDIR), printed at the end.")
-@click.option("--overlay", type=click.Path(dir_okay=False, path_type=Path), metavar="MP4",
-              help="Also write the frames with the masks blended in as an MP4 video.")
+@click.option("--overlay", type=click.Path(dir_okay=False, path_type=Path), metavar="MP4", callback=_overlay_path,
+              help="Also write the frames with the masks blended in as a video: H.264 in MP4 (browsers play "
+                   "it); the name must end in .mp4.")
 @click.option("--overwrite", is_flag=True,
               help="Replace what an earlier vos-segment run wrote in --out (and the --overlay file); "
                    "other files are left alone.")
@@ -449,9 +460,9 @@ def main(frames, mask, out, overlay, overwrite, on_bad_frame, demo, model, metho
             hint = " (--on-bad-frame skip segments past bad frames)" if isinstance(error, BadFrameError) else ""
             raise click.ClickException(f"{error}; the {kept} mask(s) already written to {out}/ are kept{hint}"
                                        if kept else f"{error}{hint}") from error
-    if skipped:
-        click.echo(f"{len(skipped)} frame(s) skipped (no mask written): "
-                   + "; ".join(f"{e.name or e.index}: {e}" for e in skipped))
     if overlay:
         click.echo(f"overlay video: {overlay}")
     click.echo(f"{count} masks written to {out}/ ({run_settings(segmenter, model)})")
+    if skipped:                             # listed at the end (--on-bad-frame skip)
+        click.echo(f"{len(skipped)} frame(s) skipped (no mask written): "
+                   + "; ".join(f"{e.name or e.index}: {e}" for e in skipped))

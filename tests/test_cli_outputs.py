@@ -141,6 +141,30 @@ def test_the_last_line_says_method_resolution_and_precision_and_upscaling_is_war
                         if resolution == 480 else [])
 
 
+@pytest.mark.parametrize("name", ["o.avi", "o.mov", "o"])
+def test_an_overlay_not_named_mp4_is_refused_before_anything_is_written(fake, tmp_path, name):
+    """Issue 31: --overlay x.avi silently wrote AVI; the overlay is always H.264 MP4."""
+    frames, mask, _ = make_folder(tmp_path / "frames", frames=3)
+    result = invoke("--frames", frames, "--mask", mask, "--out", tmp_path / "out", "--overlay", tmp_path / name)
+    assert result.exit_code == 2 and "Invalid value for '--overlay'" in result.output
+    flat = " ".join(result.output.split())
+    assert f"{tmp_path / name}" in flat and "must end in .mp4" in flat
+    assert not (tmp_path / "out").exists() and not (tmp_path / name).exists() and fake.given == []
+
+
+def test_the_overlay_of_a_run_is_h264_with_every_frame(fake, tmp_path):
+    import av
+
+    frames, mask, labels = make_folder(tmp_path / "frames", frames=3)
+    result = invoke("--frames", frames, "--mask", mask, "--out", tmp_path / "out", "--overlay", tmp_path / "o.mp4")
+    assert result.exit_code == 0, result.output
+    with av.open(str(tmp_path / "o.mp4")) as container:
+        stream = container.streams.video[0]
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        assert stream.codec_context.name == "h264" and (stream.width, stream.height) == (64, 48)
+    assert len(decoded) == 3
+
+
 def test_overwrite_refuses_to_replace_a_file_it_did_not_write(fake, tmp_path):
     frames, mask, _ = make_folder(tmp_path / "frames", frames=3)
     out = tmp_path / "out"
