@@ -596,7 +596,11 @@ class Segmenter:
         if array.shape != size:
             hint = ("an RGB(A) mask: read it with sdk.io.read_mask, which maps DAVIS colours to labels"
                     if array.ndim == 3 and array.shape[-1] in (3, 4) else
-                    "take mask[..., 0]" if array.ndim == 3 and array.shape[-1] == 1 else labels_are)
+                    "take mask[..., 0]" if array.ndim == 3 and array.shape[-1] == 1 else
+                    "check it is this video's mask at the frames' resolution (DAVIS: Annotations/480p goes with "
+                    "JPEGImages/480p), or resize it with nearest-neighbour interpolation, which keeps labels as "
+                    "labels: cv2.resize(mask, (W, H), interpolation=cv2.INTER_NEAREST)" if array.ndim == 2 else
+                    labels_are)
             raise InputError(f"mask must be an integer label map of the frame's size {list(size)}, {got}: {hint}")
         binary = "a binary 0/255 mask should be read with sdk.io.read_mask, which maps it to label 1"
         if array.dtype.kind != "b":

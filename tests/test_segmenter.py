@@ -203,8 +203,8 @@ def test_input_errors(seg_factory, square_clip):
         seg.step(frames[0].astype(np.float32), masks[0])
     with pytest.raises(InputError, match=r"\[H,W,3\]"):
         seg.step(frames[0][..., 0], masks[0])
-    with pytest.raises(InputError, match="frame's size"):
-        seg.step(frames[0], masks[0][:50])
+    with pytest.raises(InputError, match=r"frame's size \[96, 128\], got uint8 \[50, 128\]: .*INTER_NEAREST"):
+        seg.step(frames[0], masks[0][:50])                              # the fix is named (issue 31)
     with pytest.raises(InputError, match="integer label map"):
         seg.step(frames[0], masks[0].astype(np.float32))
     bad = masks[0].astype(np.int32)
