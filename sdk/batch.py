@@ -11,7 +11,8 @@ Nothing lost, nothing done twice:
 - a video is *complete* when its record holds that same command and lists a mask for every
   frame, each present and decoding to the first frame's size (:func:`is_complete`); a rerun
   skips it. An incomplete one (a worker that died, Ctrl-C) is redone from its first frame,
-  replacing exactly the files its record lists; a folder of another run (other settings) needs
+  replacing exactly the files its record lists and the mask it was writing when it stopped
+  (the first frame's mask the record lacks); a folder of another run (other settings) needs
   ``--overwrite``, one holding files vos-segment did not write is refused for that video;
 - a worker process that dies mid-video is replaced and the video retried (``retries`` times);
   the output of the retry is that of a clean run, since a video is always segmented from its
@@ -161,7 +162,8 @@ class WorkerConfig:
     (--param, already scoped per method by :func:`sdk.cli.params_for` at use); ``overwrite``:
     replace a folder holding another run; ``kill_at``: test hook ``(video, frame, marker)``:
     the worker segmenting ``video`` calls ``os._exit`` before frame ``frame`` unless the file
-    ``marker`` exists (it creates it first), so the first attempt dies and the retry lives.
+    ``marker`` exists (it creates it first), so the first attempt dies and the retry lives;
+    an empty ``marker`` dies on every attempt.
     It is set only from the environment variable ``VOSEDGE_TEST_KILL_AT``."""
 
     model: str | None = None
@@ -220,8 +222,9 @@ class WorkerContext:
         """The same (name, rgb) frames, reporting each one done (and applying the test hook)."""
         kill = self.config.kill_at
         for index, item in enumerate(frames):
-            if kill and kill[0] == name and kill[1] == index and not Path(kill[2]).exists():
-                Path(kill[2]).write_text(f"killed {name} at frame {index} in {self.worker}\n")
+            if kill and kill[0] == name and kill[1] == index and not (kill[2] and Path(kill[2]).exists()):
+                if kill[2]:
+                    Path(kill[2]).write_text(f"killed {name} at frame {index} in {self.worker}\n")
                 os._exit(70)                # the test's worker death: no cleanup, no flush
             yield item
             self.report(("frames", self.job, 1))
@@ -284,6 +287,16 @@ def is_complete(job: Job, names: Sequence[str], command: str, size: tuple[int, i
     return True
 
 
+def _remove_in_flight(folder: Path, names: Sequence[str]) -> None:
+    """Remove the mask an interrupted run was writing when it died: the first frame's mask its
+    record does not list, if that file is there (written, or half-written, not yet recorded).
+    Every other file the record does not list stays foreign (OutputFolder refuses to replace it)."""
+    recorded = set(recorded_files(folder) or [])
+    pending = next((f"{n}.png" for n in names if f"{n}.png" not in recorded), None)
+    if pending and (folder / pending).is_file():
+        (folder / pending).unlink()
+
+
 def first_annotation(job: Job, first_frame: str) -> Job:
     """A DAVIS job's mask is its annotations folder: → the job with the first frame's PNG."""
     if job.mask is not None and job.mask.is_dir():
@@ -323,7 +336,9 @@ def segment_job(context: WorkerContext, job: Job) -> dict:
         if previous not in (None, command) and not context.config.overwrite and recorded_files(job.out):
             raise OutputError(f"{job.out} holds an earlier run of other settings ({previous}); pass --overwrite "
                               "to redo it with this batch's, or choose another out")
-        overwrite = context.config.overwrite or previous == command     # resume (redo) our own unfinished run
+        if previous == command:             # our own unfinished run: redo it (its recorded files replaced)
+            _remove_in_flight(job.out, names)
+        overwrite = context.config.overwrite or previous == command
         with folder:
             folder.prepare(overwrite, [f"{n}.png" for n in names], command=command)
             start = time.perf_counter()
