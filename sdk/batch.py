@@ -358,7 +358,8 @@ def segment_job(context: WorkerContext, job: Job) -> dict:
 class Progress:
     """The parent's one progress bar (tqdm) over the frames of every video, with the videos
     done / total as its description; fed the workers' events. A video that is restarted
-    (a retried worker) has its frames counted once."""
+    (a retried worker) has its frames counted once; a failed one's frames left undone leave
+    the total."""
 
     def __init__(self, videos: int, enabled: bool = True):
         from tqdm import tqdm               # noqa: PLC0415
@@ -384,6 +385,9 @@ class Progress:
             self.bar.n += n
         elif kind == "done":
             self.finished += 1
+            if isinstance(event[2], dict) and event[2].get("status") == "failed":    # its frames left undone
+                self._total[job] = self._done.get(job, 0)
+                self.bar.total = sum(self._total.values())
             self._describe()
         self.bar.refresh()
 

@@ -72,3 +72,10 @@ def run_batch(args: list, env: dict | None = None):
 def record_masks(folder: Path) -> list[str]:
     """The mask names the folder's record lists (each line after the header)."""
     return [line for line in (Path(folder) / ".vosedge-segment").read_text().splitlines()[1:] if line]
+
+
+def without_speed(report: dict) -> dict:
+    """A vos-eval report without what depends on timing or on the processes (fps, machine)."""
+    out = {k: v for k, v in report.items() if k not in ("fps", "machine")}
+    out["per_sequence"] = {s: {k: v for k, v in r.items() if k != "fps"} for s, r in report["per_sequence"].items()}
+    return out

@@ -19,6 +19,7 @@ from batch_data import (
     record_masks,
     run_batch,
     serial_reference,
+    without_speed,
     write_csv,
 )
 from click.testing import CliRunner
@@ -235,9 +236,3 @@ def test_eval_with_workers_gives_the_serial_numbers(davis, tmp_path):
     assert without_speed(reports[0]) == without_speed(reports[1])
     assert read_masks(tmp_path / "o0" / "cows") == read_masks(tmp_path / "o1" / "cows")
 
-
-def without_speed(report: dict) -> dict:
-    """A vos-eval report without what depends on timing or on the processes (fps, machine)."""
-    out = {k: v for k, v in report.items() if k not in ("fps", "machine")}
-    out["per_sequence"] = {s: {k: v for k, v in r.items() if k != "fps"} for s, r in report["per_sequence"].items()}
-    return out
