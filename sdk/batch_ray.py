@@ -19,7 +19,8 @@
   model). An actor uses the folder at the same path when it sees one there whose
   ``manifest.json`` has the same sha256 (a shared file system, or the same install); else it
   fetches the bytes from the object store and unpacks them into a temporary folder of its
-  own (:func:`materialize_model`). Every node must have vosedge installed (the same version:
+  own (:func:`materialize_model`), on its first video (the reference comes with every call,
+  so a restarted actor needs nothing of its first start). Every node must have vosedge installed (the same version:
   ``pip install 'vosedge[batch]'``); frames, masks and outputs are read and written by the
   workers, so on a cluster they must be on a shared path.
 
@@ -87,19 +88,30 @@ class _Worker:
     """The actor class (made remote in :func:`run_ray`): a WorkerContext whose events are
     buffered and sent to the driver's queue."""
 
-    def __init__(self, config: WorkerConfig, model: list, events):
-        import os
-
-        import ray                          # noqa: PLC0415
-
-        root, digest, ref = model
-        path, source = materialize_model(root, digest, lambda: ray.get(ref))
+    def __init__(self, config: WorkerConfig, events):
+        self.config = config
         self.events = events
         self.pending: list[tuple] = []
         self.last = time.monotonic()
-        actor = ray.get_runtime_context().get_actor_id() or f"pid {os.getpid()}"
-        self.context = WorkerContext(replace(config, model=path), self.report, worker=f"ray actor {actor[:12]}")
-        self.context.model_from = source
+        self.context: WorkerContext | None = None
+
+    def _context(self, model: list) -> WorkerContext:
+        """The worker's context, made on its first video: the model folder found or unpacked
+        (``model``: [driver's path, manifest sha256, [ObjectRef of the files]]). The model comes
+        with each call, not the constructor, so a restarted actor depends on no argument of
+        its first start."""
+        if self.context is None:
+            import os
+
+            import ray                      # noqa: PLC0415
+
+            root, digest, ref = model
+            path, source = materialize_model(root, digest, lambda: ray.get(ref[0]))
+            actor = ray.get_runtime_context().get_actor_id() or f"pid {os.getpid()}"
+            self.context = WorkerContext(replace(self.config, model=path), self.report,
+                                         worker=f"ray actor {actor[:12]}")
+            self.context.model_from = source
+        return self.context
 
     def report(self, event: tuple) -> None:
         self.pending.append(event)
@@ -115,13 +127,14 @@ class _Worker:
             self.pending = []
         self.last = time.monotonic()
 
-    def run(self, task: Callable, index: int, job) -> dict:
-        self.context.job = index
+    def run(self, task: Callable, index: int, job, model: list) -> dict:
+        context = self._context(model)
+        context.job = index
         try:
-            result = task(self.context, job)
+            result = task(context, job)
         finally:
             self.flush()
-        result["model_from"] = self.context.model_from
+        result["model_from"] = context.model_from
         return result
 
 
@@ -153,13 +166,13 @@ def run_ray(task: Callable, jobs: Sequence, config: WorkerConfig, workers: int,
 
     started = connect(ray, address, workers)
     root = resolve_model(config.model).root
-    model = [str(root), fingerprint(root), ray.put(model_files(root))]     # in a list: not fetched unless needed
+    model = [str(root), fingerprint(root), [ray.put(model_files(root))]]   # nested: not fetched unless needed
     events = Queue()
     remote = ray.remote(max_restarts=-1, max_task_retries=retries)(_Worker)
     options = {"num_cpus": 1, "num_gpus": gpus_per_worker} if gpus_per_worker else {"num_cpus": 1}
 
     def new_actor():
-        return remote.options(**options).remote(config, model, events)
+        return remote.options(**options).remote(config, events)
 
     actors = [new_actor() for _ in range(min(workers, len(jobs)))]
     results: dict[int, dict] = {}
@@ -169,7 +182,7 @@ def run_ray(task: Callable, jobs: Sequence, config: WorkerConfig, workers: int,
         for actor in actors:
             if todo:
                 i = todo.pop()
-                in_flight[actor.run.remote(task, i, jobs[i])] = (actor, i)
+                in_flight[actor.run.remote(task, i, jobs[i], model)] = (actor, i)
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.1)
             _drain(events, on_event)
@@ -178,8 +191,10 @@ def run_ray(task: Callable, jobs: Sequence, config: WorkerConfig, workers: int,
                 try:
                     results[i] = ray.get(ref)
                 except RayActorError as error:
-                    results[i] = _failed(jobs[i], f"its Ray worker died {retries + 1} time(s) "
-                                                  f"({type(error).__name__}); not retried again")
+                    cause = [line.strip() for line in str(error).splitlines() if line.strip()]
+                    results[i] = _failed(jobs[i], f"its Ray worker died and was retried {retries} time(s) "
+                                                  f"({type(error).__name__}: {cause[-1][:300] if cause else ''}); "
+                                                  "not retried again")
                     ray.kill(actor, no_restart=True)
                     actor = new_actor()
                     actors.append(actor)
@@ -189,7 +204,7 @@ def run_ray(task: Callable, jobs: Sequence, config: WorkerConfig, workers: int,
                 on_event(("done", i, results[i]))
                 if todo:
                     j = todo.pop()
-                    in_flight[actor.run.remote(task, j, jobs[j])] = (actor, j)
+                    in_flight[actor.run.remote(task, j, jobs[j], model)] = (actor, j)
     except BaseException:
         for actor, _ in in_flight.values():
             ray.kill(actor, no_restart=True)

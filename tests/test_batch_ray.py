@@ -90,3 +90,14 @@ def test_eval_on_ray_gives_the_serial_numbers(local_ray, davis, tmp_path):
         assert result.exit_code == 0, result.output
         reports.append(json.loads(path.read_text()))
     assert without_speed(reports[0]) == without_speed(reports[1])
+
+
+def test_a_video_whose_actor_always_dies_fails_after_its_retries(local_ray, davis, tmp_path):
+    root, reference = davis
+    code, output, data = run_batch(["--batch", root, "--out", tmp_path / "out", "--ray", "auto", "--retries", "1",
+                                    "--summary", tmp_path / "s.json"], env={KILL_ENV: "camel:2:"})
+    assert code == 1, output
+    videos = {v["name"]: v for v in data["videos"]}
+    assert videos["camel"]["status"] == "failed" and "retried 1 time(s)" in videos["camel"]["error"]
+    assert [videos[n]["status"] for n in ("blackswan", "cows")] == ["ok", "ok"]
+    assert read_masks(tmp_path / "out" / "cows") == reference["cows"]
