@@ -78,8 +78,16 @@ def markdown(report: dict) -> str:
                      f"| {r['frames_per_second']:.1f} |")
     a = report["analysis"]
     start = report["ray_init_seconds"]
-    lines += ["", (f"Ray's start (ray.init, once): {start:.1f} s. " if start is not None else "")
-                  + "; ".join(f"{k}: {v}" for k, v in a.items()) + "."]
+    notes = [f"Ray's start (ray.init, once, not in the wall times): {start:.1f} s"] if start is not None else []
+    overhead = [f"{a[f'ray_overhead_s_per_video_{w}w']:+.2f} s ({w} worker{'s' * (w > 1)})" for w in (1, 2)
+                if f"ray_overhead_s_per_video_{w}w" in a]
+    if overhead:
+        notes.append("Ray's overhead per video against the local pool: " + ", ".join(overhead))
+    scaling = [f"{b} {a[f'{b}_speedup_2w']:.2f}× (efficiency {100 * a[f'{b}_scaling_efficiency_2w']:.0f} %)"
+               for b in ("local", "ray") if f"{b}_speedup_2w" in a]
+    if scaling:
+        notes.append("Speed-up of 2 workers over 1 (frames/s): " + ", ".join(scaling))
+    lines += ["", ". ".join(notes) + "."]
     return "\n".join(lines) + "\n"
 
 
