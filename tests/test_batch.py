@@ -236,3 +236,19 @@ def test_eval_with_workers_gives_the_serial_numbers(davis, tmp_path):
     assert without_speed(reports[0]) == without_speed(reports[1])
     assert read_masks(tmp_path / "o0" / "cows") == read_masks(tmp_path / "o1" / "cows")
 
+
+
+@needs_data
+def test_a_csv_rows_method_is_used_for_that_video(davis, tmp_path):
+    root, reference = davis
+    serial = CliRunner().invoke(cli.main, [str(a) for a in [
+        "--frames", root / "JPEGImages/cows", "--mask", root / "Annotations/cows/00000.png", "--out",
+        tmp_path / "serial", "--method", "first_latest", "--resolution", RESOLUTION, "--providers", "cpu"]])
+    assert serial.exit_code == 0, serial.output
+    rows = [(*good_rows(root, tmp_path / "out", ["cows"])[0], "first_latest"),
+            (*good_rows(root, tmp_path / "out", ["camel"])[0], "")]
+    code, output, data = run_batch(["--batch", write_csv(tmp_path / "l.csv", rows), "--summary", tmp_path / "s.json"])
+    assert code == 0, output
+    assert read_masks(tmp_path / "out" / "cows") == read_masks(tmp_path / "serial") != reference["cows"]
+    assert read_masks(tmp_path / "out" / "camel") == reference["camel"]          # the batch's method
+    assert "--method first_latest" in (tmp_path / "out/cows/.vosedge-segment").read_text().splitlines()[0]
