@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 from tqdm import tqdm
 
 from benchmarks.common import machine_info, play, prompts, read_ground_truth
+from benchmarks.eval_batch import evaluate_parallel
 from sdk import cli
+from sdk.batch_cli import batch_options, check_batch_options
 from sdk.davis import davis_sequence_dirs, read_split
 from sdk.io import iter_frames, list_frames, write_mask
 from sdk.metrics import evaluate_sequence, summarize
@@ -30,9 +33,12 @@ Means are over objects, as in the toolkit; fps = frames / seconds spent in Segme
 """
 
 
-def evaluate(segmenter, root: Path, sequence: str, out: Path) -> tuple[dict, list[float]]:
+def evaluate(segmenter, root: Path, sequence: str, out: Path, progress: bool = True,
+             on_frame=None) -> tuple[dict, list[float]]:
     """Segment one sequence, write `out/<sequence>/<frame>.png`, score it
-    -> ({object_id: {"J": [...], "F": [...]}}, seconds spent in step per frame)."""
+    -> ({object_id: {"J": [...], "F": [...]}}, seconds spent in step per frame).
+    ``progress=False``: no progress bar; ``on_frame()`` is called after each frame (a
+    parallel run's worker reports its progress with it)."""
     frames, annotations = davis_sequence_dirs(root, sequence)
     names = list_frames(frames)
     gt = read_ground_truth(annotations, names)
@@ -41,8 +47,11 @@ def evaluate(segmenter, root: Path, sequence: str, out: Path) -> tuple[dict, lis
     stream = play(segmenter, (rgb for _, rgb in iter_frames(frames)), prompts(gt), latencies)
 
     def predictions():
-        for name, labels in tqdm(zip(names, stream), total=len(names), desc=sequence, unit="frame"):
+        for name, labels in tqdm(zip(names, stream), total=len(names), desc=sequence, unit="frame",
+                                 disable=not progress):
             write_mask(out / sequence / f"{name}.png", labels)
+            if on_frame:
+                on_frame()
             yield labels
 
     return evaluate_sequence(predictions(), gt), latencies
@@ -83,26 +92,49 @@ def _percent(summary: dict) -> dict:
               help="Where the predicted palette PNGs go: DIR/<sequence>/<frame>.png.")
 @click.option("--json", "json_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="Where the scores go (JSON).")
+@batch_options("the sequences")
 @cli.segmenter_options()
-def main(data, split, sequences, out, json_path, model, method, resolution, providers, params):
-    """Evaluate semi-supervised VOS (J&F, fps) of the sdk on a DAVIS-layout data set."""
+def main(data, split, sequences, out, json_path, model, method, resolution, providers, params,
+         workers=1, ray_address=None, gpus_per_worker=0.0, retries=2):
+    """Evaluate semi-supervised VOS (J&F, fps) of the sdk on a DAVIS-layout data set
+    (in parallel with --workers N or --ray: the same scores as a serial run)."""
+    parallel = workers > 1 or ray_address is not None
+    check_batch_options(workers, ray_address, gpus_per_worker, "vos-eval --ray")
     with cli.user_errors():
         cli.check_method_params(model, method, params)
         names = split_sequences(data, split, sequences)
-        segmenter = cli.make_segmenter(model, method, resolution, providers, params)
+        segmenter = None if parallel else cli.make_segmenter(model, method, resolution, providers, params)
         all_objects, per_sequence, total_frames, total_seconds = [], {}, 0, 0.0
         warned = False
+
+        def add(sequence: str, objects: dict, latencies: list[float], bank_bytes: int) -> None:
+            nonlocal total_frames, total_seconds
+            all_objects.extend(objects.values())
+            per_sequence[sequence] = {**_percent(summarize(objects.values())), "frames": len(latencies),
+                                      "fps": round(len(latencies) / sum(latencies), 2),
+                                      "bank_bytes": bank_bytes}   # at the sequence's end
+            total_frames += len(latencies)
+            total_seconds += sum(latencies)
+
+        def add_result(result: dict) -> None:     # a worker's sequence (eval_batch.eval_task), in split order
+            nonlocal segmenter, warned
+            if segmenter is None:                 # what the report says of the run: the workers' segmenter
+                segmenter = SimpleNamespace(method=result["method"], resolution=result["resolution"],
+                                            providers=result["providers"], manifest=None)
+            if result["warning"] and not warned:
+                click.echo(f"{result['warning']} (said for the first such sequence only)", err=True)
+                warned = True
+            add(result["name"], result["objects"], result["latencies"], result["bank_bytes"])
+
         try:
-            for sequence in names:
+            if parallel:
+                evaluate_parallel(data, names, out, model, method, resolution, providers, params, workers,
+                                  ray_address, gpus_per_worker, retries, add_result)
+            for sequence in [] if parallel else names:
                 if not warned and segmenter.resolution is not None:    # one line for the first upscaled input
                     warned = _warn_upscaled(segmenter, data, sequence)
                 objects, latencies = evaluate(segmenter, data, sequence, out)
-                all_objects += objects.values()
-                per_sequence[sequence] = {**_percent(summarize(objects.values())), "frames": len(latencies),
-                                          "fps": round(len(latencies) / sum(latencies), 2),
-                                          "bank_bytes": segmenter.bank_bytes}   # at the sequence's end
-                total_frames += len(latencies)
-                total_seconds += sum(latencies)
+                add(sequence, objects, latencies, segmenter.bank_bytes)
         except KeyboardInterrupt:
             if per_sequence:
                 _write(json_path, {**_report(all_objects, per_sequence, total_frames, total_seconds, data, split,

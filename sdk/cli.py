@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 import sdk
+from sdk.batch_cli import batch_options, segment_batch
 from sdk.demo import make_clip
 from sdk.errors import BadFrameError, InputError, ParameterError, VosEdgeError
 from sdk.io import (
@@ -287,6 +288,7 @@ def segment(
     total: int | None = None,
     skipped: list | None = None,
     names: list[str] | None = None,
+    progress: bool = True,
 ) -> int:
     """Step `segmenter` through (name, rgb uint8 [H,W,3]) frames, giving `first_mask` (label
     map [H,W]) with the first; write `<out>/<name>.png` (DAVIS palette) per frame, recorded in
@@ -299,13 +301,14 @@ def segment(
     ``segmenter.step`` are re-raised with the frame's name and index; every mask written before
     stays on disk (and in the record). `names` (the source's frame names in order) gives each
     frame its index in the source, skipped frames counted; without it frames are counted as
-    they come."""
+    they come. ``progress=False``: no progress bar (a batch worker; the batch has one)."""
     count = 0
     size = None
     position = {name: i for i, name in enumerate(names or [])}
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(OverlayWriter(overlay)) if overlay else None
-        for seen, (name, rgb) in enumerate(tqdm(frames, total=total, unit="frame", desc="vos-segment")):
+        for seen, (name, rgb) in enumerate(tqdm(frames, total=total, unit="frame", desc="vos-segment",
+                                                     disable=not progress)):
             index = position.get(name, seen)
             if size is not None and rgb.shape != size:
                 problem = (f"frame {index} ({name}) is {rgb.shape[1]}x{rgb.shape[0]}, the first frame "
@@ -404,11 +407,30 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}     # every vosedge c
 @click.option("--demo", is_flag=True,
               help="Segment a synthetic clip made by code (two moving textured objects), with an "
                    "overlay video; each run writes a fresh folder unless --out is given.")
+@click.option("--batch", type=click.Path(path_type=Path), metavar="CSV|ROOT",
+              help="Many videos in one run: a CSV with columns frames,mask,out[,method] (paths relative to "
+                   "it), or a DAVIS-layout root (every sequence of --split, masks into --out/<sequence>/). "
+                   "A rerun skips the videos already complete; see README 'Batch use'.")
+@click.option("--split", default="val", show_default=True, help="With --batch ROOT: ImageSets/<split>.txt.")
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="With --batch: the per-video summary JSON. Default: --out/vosedge-batch.json (a DAVIS "
+                   "root), else <CSV stem>.summary.json beside the CSV.")
+@batch_options()
 @segmenter_options()
 def main(frames, mask, out, overlay, overwrite, on_bad_frame, demo, model, method, resolution, providers,
-         params=None):
+         params=None, batch=None, split="val", summary=None, workers=1, ray_address=None, gpus_per_worker=0.0,
+         retries=2):
     """Segment the objects of a first-frame mask in every frame of a video (semi-supervised
-    video object segmentation, STCN-family network with a bounded memory bank)."""
+    video object segmentation, STCN-family network with a bounded memory bank), or of many
+    videos (--batch)."""
+    if batch is not None:
+        segment_batch(batch, out, split, summary, overwrite, workers, ray_address, gpus_per_worker, retries,
+                      model, method, resolution, providers, params,
+                      {"--frames": frames, "--mask": mask, "--overlay": overlay, "--demo": demo,
+                       "--on-bad-frame skip": on_bad_frame == "skip"})
+        return
+    if workers != 1 or ray_address or gpus_per_worker:
+        raise click.UsageError("--workers, --ray and --gpus-per-worker go with --batch")
     if demo:
         if frames or mask:
             raise click.UsageError("--demo makes its own clip: drop --frames and --mask")

