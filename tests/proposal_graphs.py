@@ -64,7 +64,8 @@ def maskrcnn_graph(path: Path, boxes, scores, masks=None, labels=None, image_sha
         outputs[nm] = (None, F, ["P", 1, "H", "W"])
     else:
         masks = np.asarray(masks, mask_dtype)
-        outputs[nm] = (masks, ["P", 1, *masks.shape[2:]] if masks.shape[2:] == (28, 28) else ["P", 1, "H", "W"])
+        outputs[nm] = (masks, ["P", *masks.shape[1:2], *(masks.shape[2:] if masks.shape[2:] == (28, 28) else
+                                                         ("H", "W"))])
     return save_graph(path, {"images_tensors": (F, list(image_shape))}, outputs, extra)
 
 
@@ -81,8 +82,10 @@ def vosedge_graph(path: Path, boxes, scores, masks, inputs=("image", "f16"), siz
     stride = {"image": 1, "f16": 16, "f8": 8, "f4": 4}
     ins = {n: (F, [1, channels[n], f"H{stride[n]}", f"W{stride[n]}"]) for n in inputs}
     boxes, scores = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32)
+    masks = np.asarray(masks, np.float32)
     return save_graph(path, ins, {"boxes": (boxes, ["P", 4]), "scores": (scores, ["P"]),
-                                  "masks": (np.asarray(masks, np.float32), ["P", "H4", "W4"])})
+                                  "masks": (masks, ["P", *("H4", "W4", "?")[:masks.ndim - 1]] if masks.ndim <= 4
+                                            else list(masks.shape))})
 
 
 def fake_export(folder: Path) -> Path:
