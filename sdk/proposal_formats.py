@@ -300,17 +300,23 @@ def parse_entry(manifest_path: Path, entry, root: Path, verify_sha256: bool = Tr
 # ---------------------------------------------------------------------------------------------
 # conversions to the f4 grid of the padded internal input (H×W; grid = (H/4, W/4))
 
-def full_frame_to_grid(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Full-frame masks [P,H,W] at input size → [P,H/4,W/4]: the mean of each 4×4 block (the
-    area average of the f4 cell), float32. Masks already at grid size pass unchanged. Raises
-    SignatureMismatch for any other size."""
+def full_frame_to_grid(masks: np.ndarray, grid: tuple[int, int], keep: np.ndarray | None = None) -> np.ndarray:
+    """Full-frame masks [N,H,W] (or [N,1,H,W]) at input size → [P,H/4,W/4] for the ``keep``
+    indices (default all): the mean of each 4×4 block (the area average of the f4 cell; OpenCV
+    INTER_AREA, exact block means for a factor of 4), float32. Masks already at grid size pass
+    unchanged. Raises SignatureMismatch for any other size."""
     h4, w4 = grid
-    p, mh, mw = masks.shape
+    mh, mw = masks.shape[-2:]
+    keep = np.arange(len(masks)) if keep is None else keep
     if (mh, mw) == (h4, w4):
-        return masks.astype(np.float32, copy=False)
+        return masks[keep].reshape(len(keep), h4, w4).astype(np.float32)
     if (mh, mw) != (4 * h4, 4 * w4):
         raise SignatureMismatch(f"masks are {mh}x{mw}, expected the input's {4 * h4}x{4 * w4} or {h4}x{w4}")
-    return masks.reshape(p, h4, 4, w4, 4).mean(axis=(2, 4), dtype=np.float32)
+    out = np.empty((len(keep), h4, w4), np.float32)
+    for k, index in enumerate(keep):
+        plane = masks[index].reshape(mh, mw)
+        out[k] = cv2.resize(np.ascontiguousarray(plane, np.float32), (w4, h4), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def paste_box_masks(masks: np.ndarray, boxes: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -456,11 +462,10 @@ def to_proposals(fmt: str, masks_kind: str, outputs: dict, size: tuple[int, int]
         scores = np.clip(scores.astype(np.float32), 0, 1)
         keep = select(boxes, scores, **stages)
         boxes, scores = boxes[keep], scores[keep]
-        raw_masks = raw_masks[keep].reshape(len(keep), *raw_masks.shape[-2:]).astype(np.float32)
         if masks_kind == "box-28":
-            masks = paste_box_masks(raw_masks, boxes, grid)
+            masks = paste_box_masks(raw_masks[keep].reshape(len(keep), *raw_masks.shape[-2:]), boxes, grid)
         else:
-            masks = full_frame_to_grid(raw_masks, grid)
+            masks = full_frame_to_grid(raw_masks, grid, keep)
     np.clip(masks, 0, 1, out=masks)
     return Proposals(np.ascontiguousarray(boxes, np.float32), np.ascontiguousarray(scores, np.float32),
                      np.ascontiguousarray(masks, np.float32))

@@ -125,16 +125,19 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = DEFAULT_NM
     if not 0 <= iou_threshold <= 1:
         raise InputError(f"NMS IoU threshold must lie in [0, 1], got {iou_threshold!r}")
     order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[order, k]) for k in range(4))
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     kept: list[int] = []
-    alive = np.ones(len(order), bool)
-    for pos, index in enumerate(order):
-        if not alive[pos]:
-            continue
-        kept.append(int(index))
-        if limit is not None and len(kept) >= limit:
-            break
-        rest = order[pos + 1:]
-        alive[pos + 1:] &= box_iou(boxes[index], boxes[rest])[0] <= iou_threshold
+    remaining = np.arange(len(order))          # positions in `order` not yet kept or suppressed
+    while remaining.size and (limit is None or len(kept) < limit):
+        i, rest = remaining[0], remaining[1:]
+        kept.append(int(order[i]))
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        union = area[i] + area[rest] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        remaining = rest[iou <= iou_threshold]
     return np.asarray(kept, np.int64)
 
 
