@@ -184,3 +184,23 @@ def test_cli_needs_both_options(tmp_path):
     assert result.exit_code == 2 and "together with --proposal-format" in result.output
     result = _run("--from-export", src, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "--proposals MODEL.onnx to add" in result.output
+
+
+def test_int8_conversion_keeps_the_proposals_graph(tiny_export, tmp_path):
+    """convert_export copies proposals.onnx unchanged (it stays float32) into the converted export."""
+    pytest.importorskip("onnxruntime.quantization")
+    import shutil
+
+    from export.calibration import Clip
+    from export.precision import convert_export
+    from tests.conftest import square_clip
+
+    src = shutil.copytree(tiny_export, tmp_path / "src")
+    add_proposals(src, _maskrcnn(tmp_path), "maskrcnn")
+    frames, masks = square_clip(6)
+    clip = [Clip("square", tuple(frames), masks[0])]
+    convert_export(src, tmp_path / "int8", "int8", int8_graphs=["decoder"], calibration_data=clip, parity_data=clip)
+    m = load_manifest(tmp_path / "int8")
+    assert m.proposals["format"] == "maskrcnn" and m.proposals["path"] == tmp_path / "int8" / "proposals.onnx"
+    assert sha256_file(m.proposals["path"]) == sha256_file(src / "proposals.onnx")
+    assert m.precision["graphs"]["decoder"] == "int8" and "proposals" not in m.precision["graphs"]
