@@ -285,3 +285,13 @@ def test_bad_proposals_entry_is_refused(tmp_path, change, message):
     (folder / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ManifestError, match=message):
         load_manifest(folder)
+
+
+def test_maskrcnn_with_a_fixed_batched_input(tmp_path):
+    """A wrapper's [1,3,H,W] input of fixed size is fed at that size and refuses frames of another."""
+    graph = maskrcnn_graph(tmp_path / "m.onnx", [[0, 0, 8, 8]], [0.9], np.ones((1, 1, 32, 48), np.float32),
+                           image_shape=(1, 3, 32, 48))
+    gen = ProposalGenerator(_export_with(tmp_path, graph, "maskrcnn"), providers="cpu", threads=1)
+    assert np.allclose(gen(normalise(np.zeros((32, 48, 3), np.uint8))).masks, 1)
+    with pytest.raises(InputError, match="fixed 32x48 image, but frames are processed at 64x48"):
+        gen(normalise(np.zeros((64, 48, 3), np.uint8)))
