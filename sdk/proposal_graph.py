@@ -92,6 +92,7 @@ class ProposalGenerator:
         self.stages = {key: None if post[stage] else (given[key] if given[key] is not None else defaults[key])
                        for key, stage in (("score_threshold", "threshold"), ("nms_iou", "nms"), ("top_p", "top_p"))}
         self._run_options = _quiet_run()
+        self._stride = manifest.stride
         self.run_ms = 0.0
 
     @property
@@ -148,7 +149,7 @@ class ProposalGenerator:
         try:
             raw = self.session.run(self._outputs, feeds, self._run_options)
         except Exception as exc:  # onnxruntime's Fail/RuntimeException/… derive from Exception only
-            raise GraphRunError(_run_failure("proposals", feeds, exc, 16)) from exc
+            raise GraphRunError(_run_failure("proposals", feeds, exc, self._stride)) from exc
         try:
             out = to_proposals(self.format, self.masks_kind, dict(zip(self._outputs, raw)), (height, width),
                                self.stages, letterbox)
