@@ -14,9 +14,10 @@ from sdk.cli import comma_list, parse_resolution
 from sdk.errors import VosEdgeError
 from sdk.extras import MissingExtraError, extra_imports, require_extra
 from sdk.policies import POLICIES
+from sdk.proposal_formats import FORMATS as PROPOSAL_FORMATS
 
 from .calibration import DEFAULT_CALIBRATION_ROOT
-from .errors import CalibrationError, ConversionError, ParityError
+from .errors import CalibrationError, ConversionError, ParityError, ProposalModelError
 from .int8 import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_METHOD,
@@ -71,6 +72,14 @@ memory and readouts the float32 graphs produce on them; parity runs on the val s
 (3 x 25 frames) and needs a mean mask IoU vs float32 >= 0.99 for every memory policy that
 runs a converted graph (|change of J| <= 1 point, docs/graph-contract.md). Then run it with
 `vos-segment --model OUT`, `vos-eval --model OUT` or `vos-bench --model OUT`.
+\b
+Object proposals (DMN-AOA) from your own instance segmenter, checked against its format and
+copied in as OUT/proposals.onnx (docs/graph-contract.md, "Proposals"); a model whose outputs do
+not fit is refused and nothing is written:
+  vos-export --checkpoint runs/lite/last.safetensors --proposals maskrcnn.onnx \\
+             --proposal-format maskrcnn --out exports/lite-dmn
+  vos-export --from-export sdk/models/default --proposals yolov8n-seg.onnx \\
+             --proposal-format yolo-seg --out exports/lite-yolo   # a copy; OUT = DIR: in place
 """)
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="CKPT",
               help="vos-train checkpoint (X.safetensors with X.json beside it), or an authors' release "
@@ -133,9 +142,17 @@ runs a converted graph (|change of J| <= 1 point, docs/graph-contract.md). Then 
                    "training.qat), the float32 export of the checkpoint it was distilled from.")
 @click.option("--parity-min-iou", type=click.FloatRange(0, 1), default=MIN_MEAN_IOU, show_default=True,
               metavar="IOU", help="Refuse a reduced-precision export whose mean mask IoU vs float32 is below this.")
+@click.option("--proposals", type=click.Path(dir_okay=False, path_type=Path), metavar="MODEL.onnx",
+              help="Instance-segmentation ONNX model whose detections become DMN-AOA's object proposals, copied "
+                   "into OUT as proposals.onnx and recorded in the manifest (float32, never converted). With "
+                   "--from-export and no --precision: adds it to a copy of DIR in OUT (in place when OUT is DIR).")
+@click.option("--proposal-format", type=click.Choice(PROPOSAL_FORMATS), default=None,
+              help="Signature of --proposals: maskrcnn (torchvision Mask R-CNN export: boxes, labels, scores, masks), "
+                   "yolo-seg (Ultralytics YOLOv8/11-seg export: output0, output1 prototypes), vosedge (boxes, "
+                   "scores, masks [P,H/4,W/4] from the image and/or the key encoder's f16/f8/f4).")
 def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data, opset, from_export, precision,
          int8_scheme, int8_graphs, calibration_data, calibration_method, calibration_sequences, calibration_frames,
-         samples_per_graph, parity_reference, parity_min_iou):
+         samples_per_graph, parity_reference, parity_min_iou, proposals, proposal_format):
     """Export a checkpoint to ONNX for the vosedge sdk, in float32, float16 or int8.
 
     Writes OUT/key_encoder.onnx, value_encoder.onnx, readout.onnx, decoder.onnx, one graph
@@ -154,6 +171,11 @@ def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data,
     the converted graphs' masks against the float32 ones (manifest `precision`, with the
     per-graph choice, calibration and parity numbers); --from-export DIR converts an existing
     float32 export instead (no torch).
+
+    --proposals MODEL.onnx --proposal-format F checks the model against F before anything is
+    exported (export/proposals.py) and adds it to OUT as proposals.onnx; with --from-export DIR
+    and the default --precision fp32 it only adds the graph (to a copy of DIR in OUT, or to DIR
+    itself when OUT is DIR).
     """
     ctx = click.get_current_context()
     given = {name for name in (*INT8_OPTIONS, *CHECKPOINT_OPTIONS)
@@ -166,9 +188,15 @@ def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data,
                                "only apply to --precision int8")
     if precision == "fp32" and parity_reference is not None:
         raise click.UsageError("--parity-reference judges a reduced-precision export: give --precision fp16 or int8")
+    if (proposals is None) != (proposal_format is None):
+        raise click.UsageError("give --proposals MODEL.onnx together with --proposal-format "
+                               f"{'|'.join(PROPOSAL_FORMATS)}")
+    if proposals is not None:     # before anything is exported or written: a model that does not fit fails now
+        _check_proposals(proposals, proposal_format, from_export)
     if from_export is not None:
-        if precision == "fp32":
-            raise click.UsageError("--from-export converts a float32 export: give --precision fp16 or int8")
+        if precision == "fp32" and proposals is None:
+            raise click.UsageError("--from-export converts a float32 export: give --precision fp16 or int8 "
+                                   "(or --proposals MODEL.onnx to add a proposals graph)")
         if given & set(CHECKPOINT_OPTIONS):
             raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in sorted(given & set(CHECKPOINT_OPTIONS)))}"
                                    " apply to --checkpoint exports; --from-export keeps the export's own")
@@ -187,8 +215,13 @@ def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data,
         except (MissingExtraError, CalibrationError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
     if from_export is not None:
+        if reduced is None:
+            _add_proposals(from_export, proposals, proposal_format, out)
+            return
         manifest = _convert(from_export, out, reduced, None)
         _report_reduced(manifest, out)
+        if proposals is not None:
+            _add_proposals(out, proposals, proposal_format, out)
         return
     try:
         require_extra("vos-export", "train")
@@ -221,6 +254,42 @@ def main(checkpoint, arch, qam_activation, method, out, resolution, parity_data,
         raise click.ClickException(str(exc)) from exc
     if reduced is not None:
         _report_reduced(manifest, out)
+    if proposals is not None:
+        _add_proposals(out, proposals, proposal_format, out)
+
+
+def _check_proposals(model: Path, fmt: str, from_export: Path | None) -> None:
+    """ClickException (one line, nothing written) unless ``model`` fits proposal format ``fmt``
+    (and, with --from-export, that export's key-encoder channels)."""
+    try:
+        require_extra("vos-export --proposals", "bench", ("onnx",), what="onnx")
+        skips = None
+        if from_export is not None:
+            from sdk.manifest import load_manifest
+
+            skips = load_manifest(from_export).skip_channels
+        from .proposals import check_proposal_model
+
+        check_proposal_model(model, fmt, skips)
+    except (MissingExtraError, ProposalModelError, VosEdgeError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _add_proposals(export: Path, model: Path, fmt: str, out: Path) -> None:
+    """:func:`export.proposals.add_proposals` (``out`` = ``export``: in place), one line of report."""
+    from .proposals import add_proposals
+
+    try:
+        raw = add_proposals(export, model, fmt, out)
+    except (ProposalModelError, VosEdgeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    entry = raw["proposals"]
+    post, d = entry["postprocess_in_graph"], entry["defaults"]
+    stages = [text for stage, text in (("threshold", f"score > {d['score_threshold']}"),
+                                       ("nms", f"box NMS IoU {d['nms_iou']}"), ("top_p", f"top {d['top_p']}"))
+              if not post[stage]]
+    click.echo(f"added {fmt} proposals graph {model} to {Path(out)} as {entry['file']} (masks {entry['masks']}; "
+               f"done by the sdk: {', '.join(stages) or 'nothing (all in the graph)'})")
 
 
 def _converter_modules(precision: str) -> tuple[str, ...]:

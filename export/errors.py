@@ -18,3 +18,9 @@ class CalibrationError(ValueError):
 class ConversionError(RuntimeError):
     """onnxconverter-common or onnxruntime.quantization failed on a graph, or a converted graph
     cannot be loaded; the message names the graph and the first line of the library's error."""
+
+
+class ProposalModelError(ValueError):
+    """A proposals model given to ``vos-export --proposals`` cannot be used: missing or not
+    ONNX, ONNX Runtime cannot load it, or its inputs/outputs do not fit ``--proposal-format``
+    (the message names the tensor, what it is and what was expected). Nothing is written."""

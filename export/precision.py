@@ -123,6 +123,8 @@ def convert_export(src, out, precision: str, *, scheme: str = "ort", calibration
         for name, path in source.graphs.items():
             graphs[name] = tmp / path.name
             shutil.copyfile(path, graphs[name])
+        if source.proposals is not None:    # the proposals graph stays float32 (its own contract)
+            shutil.copyfile(source.proposals["path"], tmp / source.proposals["file"])
         if precision == "fp16":
             from .fp16 import convert_fp16
 

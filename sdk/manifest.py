@@ -4,7 +4,8 @@ The manifest is the only contract between ``export/`` and ``sdk/``: graph files 
 sha256, strides, channel sizes, normalisation, default resolution, top-k, policy defaults and
 (version 2) the ``inference`` semantics of the network's authors (padding, memory keys,
 temporary memory, prior enhancement); optionally the ``precision`` of the graphs (float16 /
-int8 exports of ``vos-export --precision``).
+int8 exports of ``vos-export --precision``) and a ``proposals`` graph (DMN-AOA's object
+proposals, :mod:`sdk.proposal_formats`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .errors import ManifestError
+from .proposal_formats import parse_entry
 
 FORMAT = "vosedge-export"
 MANIFEST_VERSION = 2
@@ -78,7 +80,9 @@ class Manifest:
     ``precision`` is the manifest's ``precision`` object with ``dtype`` (one of
     :data:`PRECISION_DTYPES`) and ``graphs`` ({graph name: dtype} for every graph of
     ``graphs``; float32 where the manifest names none) — ``{"dtype": "float32", "graphs":
-    {…: "float32"}}`` for a manifest without one.
+    {…: "float32"}}`` for a manifest without one; ``proposals`` is the manifest's ``proposals``
+    object validated by :func:`sdk.proposal_formats.parse_entry` (with ``path``, the graph's
+    absolute path), or None when the export has none.
     """
 
     root: Path
@@ -100,6 +104,7 @@ class Manifest:
     raw: dict
     inference: dict
     precision: dict = field(default_factory=lambda: {"dtype": "float32", "graphs": {}})
+    proposals: dict | None = None
 
 
 def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
@@ -117,7 +122,9 @@ def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
     ``policy_defaults`` an object of objects; ``config``/``method`` strings; ``precision``
     (optional) an object whose ``dtype`` and ``graphs`` values are in :data:`PRECISION_DTYPES`
     (an unknown precision, e.g. from a newer vosedge, is refused naming it and the known ones)
-    and whose ``graphs`` keys are graphs of the manifest. The fields the
+    and whose ``graphs`` keys are graphs of the manifest; ``proposals`` (optional) as
+    :func:`sdk.proposal_formats.parse_entry` checks it (file, sha256, format, preprocess,
+    post-processing, defaults). The fields the
     graphs also define (channels, stride) are checked against them when
     :class:`sdk.runtime.Graphs` opens the graphs.
     """
@@ -189,7 +196,8 @@ def load_manifest(folder: str | Path, verify_sha256: bool = True) -> Manifest:
         top_k=fields.positive_int("top_k", "an int ≥ 1"), policy_defaults={k: dict(v) for k, v in defaults.items()},
         graphs=graphs, parity=dict(parity), raw=raw,
         inference=_inference(path, raw.get("inference") if version >= 2 else {}),
-        precision=_precision(path, raw.get("precision"), graphs))
+        precision=_precision(path, raw.get("precision"), graphs),
+        proposals=None if raw.get("proposals") is None else parse_entry(path, raw["proposals"], root, verify_sha256))
 
 
 class _Fields:
