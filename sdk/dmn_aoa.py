@@ -39,6 +39,12 @@ STAGES = ("proposals", "dmn", "aoa", "refine")
 DEFAULT_MEMORY = "every_k"
 
 
+def policy_of(method: str) -> str:
+    """The memory policy a method's parameters belong to: ``dmn_aoa`` → its default pixel-memory
+    policy (every_k), any other method → itself (the command lines check --param with it)."""
+    return DEFAULT_MEMORY if method == METHOD else method
+
+
 def dmn_settings(manifest) -> dict:
     """The manifest's ``dmn`` object (roi_size, channels, key_channels ints ≥ 1). Raises
     :class:`~sdk.errors.ManifestError` when the export has no DMN-AOA graphs or settings."""

@@ -148,3 +148,41 @@ def test_options_refused(dmn_folder, tiny_export):
     with pytest.raises(InputError, match="proposal masks of shape"):
         seg.step(rgb[1])
     assert seg.frame_index == 1                              # the refused frame changed nothing
+
+
+def test_vos_segment_and_bench_take_method_dmn_aoa(dmn_folder, tmp_path):
+    """vos-segment --method dmn_aoa runs the DMN-AOA graphs (no proposals: coarse 0) and writes
+    the same masks as --method every_k at initialisation; --param goes to its every_k memory;
+    vos-bench and vos-grid accept the method name."""
+    import click
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from benchmarks import bench, grid
+    from sdk import cli
+
+    rgb, masks = _clip(4)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t, frame in enumerate(rgb):
+        Image.fromarray(frame).save(frames / f"{t:05d}.jpg", quality=95)
+    Image.fromarray(masks[0]).save(tmp_path / "first.png")
+    outs = {}
+    for method in ("dmn_aoa", "every_k"):
+        out = tmp_path / method
+        result = CliRunner().invoke(cli.main, ["--frames", str(frames), "--mask", str(tmp_path / "first.png"),
+                                               "--out", str(out), "--model", str(dmn_folder), "--method", method,
+                                               "--resolution", "native", "--param", "k=2", "--providers", "cpu"])
+        assert result.exit_code == 0, result.output
+        outs[method] = {p.name: np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))}
+    assert len(outs["dmn_aoa"]) == 4 and outs["dmn_aoa"].keys() == outs["every_k"].keys()
+    for name in outs["every_k"]:
+        np.testing.assert_array_equal(outs["dmn_aoa"][name], outs["every_k"][name])
+    bad = CliRunner().invoke(cli.main, ["--frames", str(frames), "--mask", str(tmp_path / "first.png"), "--out",
+                                        str(tmp_path / "bad"), "--model", str(dmn_folder), "--method", "dmn_aoa",
+                                        "--param", "sigma=0.5"])
+    assert bad.exit_code == 2 and "sigma" in bad.output
+    assert bench._methods(None, None, "every_k,dmn_aoa") == ["every_k", "dmn_aoa"]
+    assert grid._methods(None, None, "dmn_aoa") == ["dmn_aoa"]
+    with pytest.raises(click.BadParameter, match="dmn_aoa"):
+        grid._methods(None, None, "nope")
