@@ -34,7 +34,7 @@ from benchmarks.runs import (
     run_isolated,
     summarize_runs,
 )
-from sdk import cli
+from sdk import cli, dmn_aoa
 from sdk.errors import ParameterError
 from sdk.manifest import DEFAULT_MODEL_DIR, MANIFEST_FILE, resolve_model, sha256_file
 from sdk.params import resolution as check_resolution
@@ -130,9 +130,10 @@ def _methods(ctx, param, value: str | None) -> list[str]:
     methods = list(dict.fromkeys(cli.comma_list(ctx, param, value) or []))
     if not methods:
         raise click.BadParameter("name at least one memory policy")
-    unknown = [m for m in methods if m not in sdk.POLICIES]
+    known = (*sdk.POLICIES, dmn_aoa.METHOD)
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise click.BadParameter(f"unknown {', '.join(unknown)}; known: {', '.join(sdk.POLICIES)}")
+        raise click.BadParameter(f"unknown {', '.join(unknown)}; known: {', '.join(known)}")
     return methods
 
 

@@ -22,7 +22,7 @@ import click
 import numpy as np
 
 from benchmarks.report import MIB, save_figure
-from sdk import POLICIES, cli
+from sdk import POLICIES, cli, dmn_aoa
 from sdk.errors import ParameterError
 from sdk.manifest import MANIFEST_FILE, sha256_file
 
@@ -65,9 +65,10 @@ def _resolutions(ctx, param, value: str) -> list[int | None]:
 
 def _methods(ctx, param, value: str | None) -> list[str]:
     methods = cli.comma_list(ctx, param, value) or list(POLICIES)
-    unknown = [m for m in methods if m not in POLICIES]
+    known = (*POLICIES, dmn_aoa.METHOD)
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise click.BadParameter(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(POLICIES)}")
+        raise click.BadParameter(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return methods
 
 

@@ -45,6 +45,7 @@ from sdk.params import (
     parse_assignments,
     segmenter_option,
 )
+from sdk import dmn_aoa
 from sdk.policies import make_policy
 
 
@@ -100,7 +101,7 @@ def check_method_params(model: Path | None, method: str | None, params: dict) ->
     try:
         method = method or resolve_model(model).method
         own = {name: value for name, value in params_for(method, params).items() if name not in SEGMENTER_PARAMS}
-        make_policy(method, **own)
+        make_policy(dmn_aoa.policy_of(method), **own)
     except ParameterError as error:
         raise usage_error(error, model) from error
 
@@ -170,7 +171,7 @@ def check_param(name: str, value, methods: Iterable[str] | None = None) -> None:
                               f"the Segmenter: {', '.join(SEGMENTER_PARAMS)}", "--param", name, value)
     if methods is not None:
         for method in methods:
-            make_policy(method, **{name: value})
+            make_policy(dmn_aoa.policy_of(method), **{name: value})
     elif len(takers[name]) == len(sdk.POLICIES):      # every policy takes it: its range is the method's
         make_policy(takers[name][0], **{name: value})
 
@@ -224,7 +225,8 @@ def segmenter_options(method: bool = True):
         click.option("--model", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
                      help="Export folder (manifest.json + ONNX graphs) from vos-export. "
                           "Default: the bundled model."),
-        click.option("--method", help=f"Memory policy: {', '.join(sdk.POLICIES)}. Default: the model's."),
+        click.option("--method", help=f"Memory policy: {', '.join(sdk.POLICIES)}; or {dmn_aoa.METHOD} (DMN-AOA "
+                                      "on every_k memory; needs a model with its graphs). Default: the model's."),
         click.option("--resolution", callback=parse_resolution, metavar="PX|native",
                      help="Internal short side in px, or 'native' for the input size. "
                           "Default: the model's."),

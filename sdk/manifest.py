@@ -25,7 +25,9 @@ SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 GRAPH_NAMES = ("key_encoder", "value_encoder", "readout", "decoder")
 # heads that only some memory policies need (QDMN/QPM: prior_enhance, qam; RDE: sam_key, sam_value)
-OPTIONAL_GRAPHS = ("prior_enhance", "qam", "sam_key", "sam_value")
+OPTIONAL_GRAPHS = ("prior_enhance", "qam", "sam_key", "sam_value",
+                   # DMN-AOA (method dmn_aoa, export/dmn_export.py, docs/dmn-aoa.md)
+                   "dmn_memory", "dmn_template", "aoa_match", "refine")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 SKIP_LEVELS = ("f16", "f8", "f4")
 # the largest stride accepted: Graphs probes it with a 2·stride square image, and a frame's

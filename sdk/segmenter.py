@@ -8,10 +8,12 @@ from time import perf_counter
 
 import numpy as np
 
+from . import dmn_aoa
 from .bank import MemoryBank
 from .errors import GraphRunError, InputError, ManifestError, ParameterError
 from .io import VOID  # label 255 of DAVIS masks: void, "no label here"
 from .manifest import GRAPH_NAMES, Manifest, resolve_model
+from .object_bank import check_policy
 from .ops import Geometry, Workspace, channel_argmax, label_values, merge_given, sigmoid, soft_aggregate
 from .params import refuse, segmenter_option
 from .params import resolution as check_resolution
@@ -30,11 +32,13 @@ POTENTIATION_FLOATS = 1 << 24
 # mask checks, policy/bank snapshot, resize, normalise, pad), postprocess (sigmoid, mask merge, soft
 # aggregation, crop, resize, argmax, labels) and bookkeeping (everything else: feeds, finite checks
 # of graph outputs, objects, policy, value-encoder masks, bank writes, prior).
+# DMN-AOA's stages (method "dmn_aoa", sdk.dmn_aoa; 0 for the other methods): proposals (the
+# proposals callable), dmn (dmn_template + dmn_memory), aoa (aoa_match), refine (refine, instead of decoder)
 STAGES = ("preprocess", "key_encoder", "readout", "decoder", "postprocess", "value_encoder", "qam", "sam",
-          "bookkeeping")
+          *dmn_aoa.STAGES, "bookkeeping")
 GRAPH_STAGES = {"key_encoder": "key_encoder", "prior_enhance": "key_encoder", "readout": "readout",
                 "decoder": "decoder", "value_encoder": "value_encoder", "qam": "qam", "sam_key": "sam",
-                "sam_value": "sam"}   # graph → the stage its session time counts in
+                "sam_value": "sam", **dmn_aoa.GRAPH_STAGES}   # graph → the stage its session time counts in
 SDK_STAGES = ("preprocess", "postprocess", "bookkeeping")
 
 
@@ -135,7 +139,8 @@ class Segmenter:
 
     def __init__(self, model: str | Path | None = None, method: str | None = None, providers=None,
                  resolution: int | str | None = "manifest", top_k: int | None = None,
-                 threads: int | None = None, temporary_memory: bool | None = None, **policy_params):
+                 threads: int | None = None, temporary_memory: bool | None = None, memory: str | None = None,
+                 proposals=None, **policy_params):
         self.manifest: Manifest = resolve_model(model)
         m = self.manifest
         # every argument is checked (sdk.params) before a graph is loaded
@@ -148,14 +153,28 @@ class Segmenter:
         threads = segmenter_option("threads", threads)
         temporary_memory = segmenter_option("temporary_memory", temporary_memory)
         self.method = m.method if method is None else method
-        defaults = m.policy_defaults.get(self.method, {}) if isinstance(self.method, str) else {}
+        dmn = isinstance(self.method, str) and self.method == dmn_aoa.METHOD
+        if not dmn and (memory is not None or proposals is not None):
+            raise refuse("Segmenter", "memory" if memory is not None else "proposals",
+                         memory if memory is not None else proposals, "None", f"it is an option of method "
+                         f"{dmn_aoa.METHOD!r} (its pixel-memory policy and object proposals)")
+        # dmn_aoa: its frame-slot policy ("memory") schedules both the pixel and the object memory
+        self._policy_method = (dmn_aoa.DEFAULT_MEMORY if memory is None else memory) if dmn else self.method
+        defaults = m.policy_defaults.get(self._policy_method, {}) if isinstance(self._policy_method, str) else {}
         self._policy_params = {**defaults, **policy_params}
         try:
-            policy = make_policy(self.method, **self._policy_params)  # fail early on a bad method/param
+            policy = make_policy(self._policy_method, **self._policy_params)  # fail early on a bad method/param
         except ParameterError as error:                            # the manifest's own default is bad
             if getattr(error, "parameter", None) in defaults and error.parameter not in policy_params:
                 raise ManifestError(f"{m.root / 'manifest.json'}: policy_defaults[{self.method!r}]: {error}") from error
             raise
+        self._dmn = None
+        if dmn:
+            try:
+                check_policy(policy)
+            except ValueError as error:
+                raise refuse("Segmenter", "memory", memory, "a frame-slot policy", str(error)) from error
+            self._dmn = dmn_aoa.DMNPipeline(m, proposals)             # ManifestError without the graphs
         missing = [name for name in policy.requires if name not in m.graphs]
         if missing:
             raise ManifestError(f"memory policy {self.method!r} needs graph(s) {', '.join(missing)}, which "
@@ -178,7 +197,8 @@ class Segmenter:
         if self._object_keys and {"sam_key", "sam_value"} & set(policy.requires):
             raise ManifestError(f"memory policy {self.method!r} folds keys with SAM, which this export's "
                                 "per-object keys do not support")
-        self._graphs = Graphs(m, providers, tuple(dict.fromkeys(GRAPH_NAMES + policy.requires + always)),
+        extra = dmn_aoa.GRAPHS if dmn else ()
+        self._graphs = Graphs(m, providers, tuple(dict.fromkeys(GRAPH_NAMES + policy.requires + always + extra)),
                               threads=threads)
         self._prior_input = "prior_enhance" in policy.requires or bool(always)
         self._mean = np.asarray(m.mean, np.float32)
@@ -189,7 +209,9 @@ class Segmenter:
     # -- state -----------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the video: empty memory, no objects, next :meth:`step` is a first frame."""
-        self.policy: MemoryPolicy = make_policy(self.method, **self._policy_params)
+        self.policy: MemoryPolicy = make_policy(self._policy_method, **self._policy_params)
+        if self._dmn is not None:
+            self._dmn.reset()
         self.bank = MemoryBank(self.manifest.key_channels, self.manifest.value_channels,
                                growable=self.policy.growable, object_keys=self._object_keys,
                                temporary=self.temporary_memory)
@@ -212,8 +234,9 @@ class Segmenter:
 
     @property
     def bank_bytes(self) -> int:
-        """Bytes of the memory bank's preallocated arrays (0 before the first frame)."""
-        return self.bank.bank_bytes
+        """Bytes of the memory bank's preallocated arrays (0 before the first frame); with
+        method ``dmn_aoa`` the object memory's too."""
+        return self.bank.bank_bytes + (self._dmn.bank_bytes if self._dmn is not None else 0)
 
     @property
     def geometry(self) -> Geometry | None:
@@ -252,6 +275,8 @@ class Segmenter:
         policy = copy.deepcopy(self.policy)
         policy.remove_object(index)
         self.bank.remove_object(index)
+        if self._dmn is not None:
+            self._dmn.remove_object(index)
         self.policy, self._priors = policy, priors
         self._labels = [value for value in self._labels if value != label]
         self._lut = np.array([0, *self._labels], np.uint8)
@@ -373,7 +398,7 @@ class Segmenter:
         prob = None
         if self.bank.num_valid and (any(label not in given for label in self._labels)
                                     or (void and any(label in self._labels for label in given))):
-            prob = self._predict(t, key, f16, f8, f4, ms)
+            prob = self._predict(t, key, f16, f8, f4, ms, image)
 
         new = [label for label in given if label not in self._labels]
         labels = self._labels + new
@@ -410,6 +435,8 @@ class Segmenter:
             self._check_finite("qam", scores=scores)
         table = self.bank.positions if self.policy.per_position else self.bank.frames
         decision = self.policy.on_frame(t, table, mask is not None, scores)
+        pending = None if self._dmn is None else self._dmn.encode(self._graphs, t, f16, agg, decision is not None,
+                                                                  self._check_finite)
         temporary = decision is None and self.temporary_memory and t > 0
         if decision is not None or temporary:
             encoded = encoded or self._encode_value(image, f16, agg)
@@ -427,6 +454,8 @@ class Segmenter:
                 self.bank.clear_temporary()
 
         # commit: nothing below can fail
+        if pending is not None:
+            self._dmn.commit(self.bank, t, pending)
         self._geometry, self._labels, self._lut = geo, labels, lut
         if self._prior_input:
             self._priors.commit(t, given_map, prior, agg, self._work)
@@ -523,7 +552,7 @@ class Segmenter:
         self._check_finite("readout", potentiation=out)
         return out
 
-    def _predict(self, t, key, f16, f8, f4, ms) -> np.ndarray:
+    def _predict(self, t, key, f16, f8, f4, ms, image) -> np.ndarray:
         """Readout over the bank's live positions (RDE-VOS Eq. 2–3) + decoder → per-object
         foreground probability [N_mem,Hp,Wp] float32 for the N_mem objects the bank holds.
         Raises :class:`~sdk.errors.GraphRunError` for a non-finite readout or probability."""
@@ -533,7 +562,10 @@ class Segmenter:
             "valid": bank.valid, "top_k": np.array(min(self.top_k, bank.num_valid), np.int64)})
         self._check_finite("readout", readout=readout)
         self.policy.on_readout(t, bank.policy_usage(usage))
-        (logits,) = self._graphs.run("decoder", {"readout": readout, "f16": f16, "f8": f8, "f4": f4})
+        if self._dmn is None:
+            (logits,) = self._graphs.run("decoder", {"readout": readout, "f16": f16, "f8": f8, "f4": f4})
+        else:                                                           # DMN-AOA: template, AOA, RefineNet
+            logits = self._dmn.logits(self._graphs, t, image, readout, f16, f8, f4, ms, self._check_finite)
         t0 = perf_counter()
         prob = sigmoid(logits[:, 0], out=logits[:, 0])
         ms["postprocess"] += (perf_counter() - t0) * 1e3               # the sigmoid: the sdk's
