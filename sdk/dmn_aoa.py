@@ -2,7 +2,8 @@
 
 Per frame t > 0, for the N objects in memory (Zhou et al., DMN-AOA §3.1–3.4):
 
-1. **proposals** (§3.1 "Object Proposal Generator"): the ``proposals`` callable gives P object
+1. **proposals** (§3.1 "Object Proposal Generator"): the ``proposals`` callable (by default the
+   export's ``proposals.onnx``, :class:`sdk.proposal_graph.ProposalGenerator`) gives P object
    proposals of the padded frame — boxes [P,4] (x1, y1, x2, y2 float32, padded internal-input
    px), scores [P], masks [P,Hp/4,Wp/4] (full-frame probabilities on the stride-4 grid), the
    canonical form of ``sdk.proposals.Proposals``; P may be 0;
@@ -97,8 +98,10 @@ def pool_to_mask_grid(probs: np.ndarray) -> np.ndarray:
 class DMNPipeline:
     """The object-level state of a ``dmn_aoa`` Segmenter: the object memory, each object's box
     of the last frame and the frame it appeared at. ``proposals``: callable(image [1,3,Hp,Wp]
-    float32, the normalised padded frame) → proposals (:func:`check_proposals`), or None (no
-    proposals: the coarse mask is 0 on every frame)."""
+    float32, the normalised padded frame, features {"f16", "f8", "f4": the frame's features as
+    the decoder gets them}) → proposals (:func:`check_proposals`), e.g.
+    :class:`sdk.proposal_graph.ProposalGenerator`; or None (no proposals: the coarse mask is 0
+    on every frame)."""
 
     def __init__(self, manifest, proposals=None):
         if proposals is not None and not callable(proposals):
@@ -131,7 +134,7 @@ class DMNPipeline:
         n = readout.shape[0]
         t0 = perf_counter()
         boxes, masks = (np.zeros((0, 4), np.float32), None) if self.proposals is None else \
-            check_proposals(self.proposals(image), image.shape[2:])
+            check_proposals(self.proposals(image, {"f16": f16, "f8": f8, "f4": f4}), image.shape[2:])
         ms["proposals"] += (perf_counter() - t0) * 1e3
         time = np.asarray([t - f for f in self.first[:n]], np.float32)
         (template,) = graphs.run("dmn_template", {"f16": f16, "boxes": self.boxes[:n], "time": time,

@@ -19,6 +19,7 @@ from .params import refuse, segmenter_option
 from .params import resolution as check_resolution
 from .policies import MemoryPolicy, make_policy
 from .prior import Priors
+from .proposal_graph import ProposalGenerator
 from .runtime import Graphs
 from .soft_output import SoftOutput, soft_output
 
@@ -53,7 +54,8 @@ class Segmenter:
             ``sdk/models/default`` (raises :class:`~sdk.errors.ManifestError` if missing).
         method: memory policy, a str (:data:`~sdk.policies.POLICIES`: ``"every_k"``,
             ``"first_latest"``, ``"qdmn"``, ``"lfu"``, ``"qpm"``, ``"rde"``, ``"xmem"``,
-            ``"sam2_window"``); None = the
+            ``"sam2_window"``) or ``"dmn_aoa"`` (DMN-AOA's object-level memory, alignment and
+            RefineNet, :mod:`sdk.dmn_aoa`; needs the export's DMN graphs); None = the
             manifest's ``method``. Unknown or not a str → :class:`~sdk.errors.ParameterError`
             listing the known ones. A policy whose graphs (``policy.requires``: ``qam``,
             ``sam_key``, ``sam_value``) the export lacks → :class:`~sdk.errors.ManifestError`
@@ -77,6 +79,14 @@ class Segmenter:
             did not write it (QDMN's inference; STCN's ``include_last``); None = the manifest's
             ``inference.temporary_memory`` for frame-slot policies (LFU keeps features: off).
             True with LFU → :class:`~sdk.errors.ParameterError`.
+        memory: ``dmn_aoa`` only: the frame-slot policy that schedules its pixel and object
+            memory (``"every_k"`` when None; ``"first_latest"``, ``"qdmn"``, ``"qpm"``,
+            ``"sam2_window"``); any other method → :class:`~sdk.errors.ParameterError`.
+        proposals: ``dmn_aoa`` only: None = the export's ``proposals.onnx`` when its manifest
+            has one (:class:`~sdk.proposal_graph.ProposalGenerator`, with these providers and
+            threads), else no proposals; False = no proposals (the coarse mask is 0, so
+            RefineNet sees the pixel readout alone); or a callable (image [1,3,Hp,Wp] float32,
+            {"f16","f8","f4"}) → :class:`~sdk.proposals.Proposals` (:mod:`sdk.dmn_aoa`).
         **policy_params: override the manifest's ``policy_defaults[method]``, e.g. ``k=5``,
             ``max_frames=20`` for every_k, ``sigma=0.7`` for qdmn; ``quality_gate=σ`` (any
             policy) writes only frames whose normalised QAM score is ≥ σ. Types and ranges: the
@@ -174,7 +184,10 @@ class Segmenter:
                 check_policy(policy)
             except ValueError as error:
                 raise refuse("Segmenter", "memory", memory, "a frame-slot policy", str(error)) from error
-            self._dmn = dmn_aoa.DMNPipeline(m, proposals)             # ManifestError without the graphs
+            if proposals is None and m.proposals is not None:       # the export's own proposals graph
+                proposals = ProposalGenerator(m, providers=providers, threads=threads)
+            # ManifestError without the graphs
+            self._dmn = dmn_aoa.DMNPipeline(m, None if proposals is False else proposals)
         missing = [name for name in policy.requires if name not in m.graphs]
         if missing:
             raise ManifestError(f"memory policy {self.method!r} needs graph(s) {', '.join(missing)}, which "

@@ -50,7 +50,7 @@ def _clip(frames=8, size=(96, 128)):
     return rgb, masks
 
 
-def _proposals(image):
+def _proposals(image, features=None):
     """Three proposals of the canonical form: boxes on the padded frame, masks on its f4 grid."""
     _, _, h, w = image.shape
     masks = np.zeros((3, h // 4, w // 4), np.float32)
@@ -106,6 +106,43 @@ def test_injection_reads_the_coarse_mask_and_no_proposals_skip_aoa(dmn_folder, t
     assert runs["without"].timings["aoa"] == 0 and runs["with"].timings["aoa"] > 0
 
 
+def test_the_exports_proposals_graph_is_the_default_source(dmn_folder, tiny_net, tmp_path):
+    """An export with a proposals.onnx (vosedge format, reading f16) feeds DMN-AOA by default:
+    the same masks as the same proposals given as a callable (after the sdk's threshold, NMS
+    0.4 and top-30, which keep all three), with the proposals and aoa stages timed;
+    proposals=False runs without them (every_k's masks)."""
+    from export.dmn_export import export_dmn
+    from export.proposals import add_proposals
+    from tests.proposal_graphs import vosedge_graph
+    from training.dmn import DMNAOA
+
+    folder = tmp_path / "with-proposals"
+    shutil.copytree(dmn_folder, folder)
+    torch.manual_seed(0)
+    dmn = DMNAOA(tiny_net).eval()
+    with torch.no_grad():
+        for conv in dmn.refiner.inject:
+            conv.weight.fill_(2.0)
+    export_dmn(dmn, folder)
+    rgb, masks = _clip(4)
+    boxes, scores, grid_masks = _proposals(np.zeros((1, 3, 96, 128), np.float32))
+    add_proposals(folder, vosedge_graph(tmp_path / "p.onnx", boxes, scores, grid_masks, inputs=("f16",)), "vosedge")
+    runs = {"default": sdk.Segmenter(folder, method="dmn_aoa", providers="cpu", resolution=None),
+            "callable": sdk.Segmenter(folder, method="dmn_aoa", proposals=_proposals, providers="cpu",
+                                      resolution=None),
+            "none": sdk.Segmenter(folder, method="dmn_aoa", proposals=False, providers="cpu", resolution=None),
+            "every_k": sdk.Segmenter(folder, method="every_k", providers="cpu", resolution=None)}
+    for t, frame in enumerate(rgb):
+        out = {name: seg.step(frame, masks[0] if t == 0 else None, True) for name, seg in runs.items()}
+    np.testing.assert_allclose(out["default"].probabilities, out["callable"].probabilities, atol=1e-6)
+    np.testing.assert_allclose(out["none"].probabilities, out["every_k"].probabilities, atol=1e-5)
+    assert np.abs(out["default"].probabilities - out["every_k"].probabilities).max() > 1e-2
+    assert runs["default"].timings["proposals"] > 0 and runs["default"].timings["aoa"] > 0
+    assert runs["none"].timings["aoa"] == 0
+    with pytest.raises(ParameterError, match="proposals"):
+        sdk.Segmenter(folder, method="every_k", proposals=False, providers="cpu")
+
+
 def test_object_memory_constant_bytes_and_objects_mid_stream(dmn_folder):
     rgb, masks = _clip(12)
     only_first = np.where(masks[0] == 1, 1, 0).astype(np.uint8)
@@ -141,7 +178,7 @@ def test_options_refused(dmn_folder, tiny_export):
     with pytest.raises(InputError, match="callable"):
         sdk.Segmenter(dmn_folder, method="dmn_aoa", proposals=3, providers="cpu")
     rgb, masks = _clip(2)
-    seg = sdk.Segmenter(dmn_folder, method="dmn_aoa", proposals=lambda image: (np.zeros((2, 4), np.float32),
+    seg = sdk.Segmenter(dmn_folder, method="dmn_aoa", proposals=lambda image, features: (np.zeros((2, 4), np.float32),
                                                                                None, np.zeros((2, 3, 3), np.float32)),
                         providers="cpu", resolution=None)
     seg.step(rgb[0], masks[0])
