@@ -307,7 +307,9 @@ def first_annotation(job: Job, first_frame: str) -> Job:
 def segment_job(context: WorkerContext, job: Job) -> dict:
     """Segment one video in a worker → its summary entry: ``name``, ``out``, ``status`` ("ok",
     "skipped": complete from an earlier run, "failed"), ``frames`` (masks of the video),
-    ``fps`` (frames / seconds of segmentation, reading and writing included; None unless ok),
+    ``fps`` (frames / seconds of segmentation, reading and writing included; None unless ok,
+    and for a video :func:`run_local` found complete after its pool broke, reported ok with a
+    ``note``),
     ``bank_bytes`` (memory bank at the video's end), ``error`` (one line, or None),
     ``worker``, ``host``. An sdk or I/O error fails this video only."""
     from .cli import _peek, segment         # noqa: PLC0415  (the loop vos-segment runs)
@@ -409,6 +411,7 @@ def run_local(task: Callable, jobs: Sequence, config: WorkerConfig, workers: int
     context = multiprocessing.get_context("spawn")
     results: dict[int, dict] = {}
     attempts = {i: 0 for i in range(len(jobs))}
+    interrupted: set[int] = set()           # running when a pool broke: their outputs may be complete
     while len(results) < len(jobs):
         todo = [i for i in range(len(jobs)) if i not in results]
         running: set[int] = set()
@@ -428,6 +431,10 @@ def run_local(task: Callable, jobs: Sequence, config: WorkerConfig, workers: int
                     except BrokenProcessPool:
                         broken = True
                         continue
+                    if i in interrupted and results[i]["status"] == "skipped":
+                        # it finished in this run just before its pool broke: done, not skipped
+                        results[i] = {**results[i], "status": "ok",
+                                      "note": "finished as its pool broke; verified complete, not redone"}
                     running.discard(i)
                     on_event(("done", i, results[i]))
             _drain(events, on_event, running)
@@ -440,6 +447,7 @@ def run_local(task: Callable, jobs: Sequence, config: WorkerConfig, workers: int
             events.join_thread()
         if broken:      # the videos that were running (all unfinished ones if no event got through)
             for i in (running or set(todo)) - set(results):
+                interrupted.add(i)
                 attempts[i] += 1
                 if attempts[i] > retries:
                     results[i] = _died(jobs[i], attempts[i])

@@ -79,3 +79,25 @@ def without_speed(report: dict) -> dict:
     out = {k: v for k, v in report.items() if k not in ("fps", "machine")}
     out["per_sequence"] = {s: {k: v for k, v in r.items() if k != "fps"} for s, r in report["per_sequence"].items()}
     return out
+
+
+def race_task(context, job):
+    """A run_local task that loses a finished video's result: video "a" finishes (its marker
+    written) and hangs; video "b" then kills its worker once, which breaks the pool before
+    "a"'s result comes back. On the retry "a" finds its output complete ("skipped")."""
+    import os
+    import time
+
+    folder, name = Path(job[0]), job[1]
+    done, killed = folder / "a-done", folder / "b-killed"
+    if name == "a":
+        if done.exists():
+            return {"name": name, "status": "skipped", "frames": 3}
+        done.write_text("done")
+        time.sleep(60)                  # the broken pool terminates this worker
+    while not done.exists():
+        time.sleep(0.02)
+    if not killed.exists():
+        killed.write_text("killed")
+        os._exit(1)
+    return {"name": name, "status": "ok", "frames": 3}

@@ -252,3 +252,19 @@ def test_a_csv_rows_method_is_used_for_that_video(davis, tmp_path):
     assert read_masks(tmp_path / "out" / "cows") == read_masks(tmp_path / "serial") != reference["cows"]
     assert read_masks(tmp_path / "out" / "camel") == reference["camel"]          # the batch's method
     assert "--method first_latest" in (tmp_path / "out/cows/.vosedge-segment").read_text().splitlines()[0]
+
+
+def test_a_video_finished_as_its_pool_broke_counts_as_done_not_skipped(tmp_path):
+    """The local pool loses the result of a video that completed just before another worker
+    died (the whole pool breaks): the retry finds it complete and it is reported ok, with a
+    note, not as skipped from an earlier run; the killed video is retried."""
+    from sdk.batch import WorkerConfig, run_local
+
+    from tests.batch_data import race_task
+
+    events = []
+    results = run_local(race_task, [(str(tmp_path), "a"), (str(tmp_path), "b")], WorkerConfig(), 2,
+                        events.append, retries=1)
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert "verified complete" in results[0]["note"] and "note" not in results[1]
+    assert (tmp_path / "b-killed").exists()
