@@ -60,7 +60,8 @@ class ProposalRunner:
     """key_encoder.onnx + proposals.onnx of an export folder. Raises FileNotFoundError /
     ValueError when the folder has no proposals entry."""
 
-    def __init__(self, folder: str | Path, threads: int = 1, resolution: int | None = 480):
+    def __init__(self, folder: str | Path, threads: int = 1, resolution: int | None = 480,
+                 score_threshold: float | None = None):
         folder = Path(folder)
         manifest = json.loads((folder / "manifest.json").read_text())
         if "proposals" not in manifest:
@@ -72,6 +73,9 @@ class ProposalRunner:
         self.encoder = mk(manifest["graphs"]["key_encoder"]["file"])
         self.proposals = mk(manifest["proposals"]["file"])
         self.entry = manifest["proposals"]
+        self.defaults = dict(self.entry["defaults"])
+        if score_threshold is not None:
+            self.defaults["score_threshold"] = score_threshold
         self.mean = np.asarray(manifest["normalisation"]["mean"], np.float32)
         self.std = np.asarray(manifest["normalisation"]["std"], np.float32)
         self.stride = manifest["stride"]
@@ -80,7 +84,7 @@ class ProposalRunner:
 
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 [H,W,3] → (masks bool [K,H,W] of the kept proposals, scores [K])."""
-        d = self.entry["defaults"]
+        d = self.defaults
         geo = Geometry.for_frame(rgb.shape[0], rgb.shape[1], self.resolution, self.stride)
         t0 = time.perf_counter()
         out = dict(zip([o.name for o in self.encoder.get_outputs()],
@@ -154,16 +158,18 @@ def _table(name: str, block: dict) -> list[str]:
 @click.option("--resolution", default=480, show_default=True, type=int, help="Internal short side for --davis.")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(1), help="Use every N-th frame.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="ORT intra-op threads.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1),
+              help="Override the manifest's defaults.score_threshold.")
 @click.option("--out", default="benchmarks/results/proposal-recall", show_default=True,
               help="Output stem: writes STEM.json and STEM.md.")
-def main(model, davis, multi, resolution, every, threads, out):
+def main(model, davis, multi, resolution, every, threads, score_threshold, out):
     """Recall of ground-truth objects among the top-30 proposals after NMS 0.4 (IoU 0.5 / 0.7)."""
     blocks = {}
     for key, root, split, res in (("davis2016-480p val", Path(davis), "val", resolution),
                                   ("davis2017-240p schoolgirls", Path(multi), "train", None)):
         if not root.is_dir():
             raise click.ClickException(f"data root {root} not found")
-        runner = ProposalRunner(model, threads, res)
+        runner = ProposalRunner(model, threads, res, score_threshold)
         names = read_split(root, split)
         seqs = {n: sequence_recall(runner, root, n, every) for n in tqdm(names, desc=key)}
         frames = sum(r["frames"] for r in seqs.values())
@@ -176,6 +182,7 @@ def main(model, davis, multi, resolution, every, threads, out):
         blocks[key] = {"resolution": f"{res} px internal" if res else "native 240 px", "sequences": seqs, "all": allr,
                        "ms_per_frame": {k: round(1000 * v / frames, 1) for k, v in runner.seconds.items()}}
     result = {"model": str(model), "proposals": {k: v for k, v in runner.entry.items() if k != "parity"},
+              "score_threshold": runner.defaults["score_threshold"],
               "every": every, "threads": threads, "machine": machine_info(["CPUExecutionProvider"]),
               "protocol": "top-30 after score threshold and box NMS 0.4 (DMN-AOA §4.1); a GT object of a frame is "
                           "recalled at τ when a kept proposal's mask (prob > 0.5, upsampled to the frame) has IoU ≥ τ",
@@ -184,7 +191,9 @@ def main(model, davis, multi, resolution, every, threads, out):
     Path(out + ".json").write_text(json.dumps(result, indent=2) + "\n")
     md = ["# Proposal recall (issue 27 item 2)", "", result["protocol"] + ".", "",
           f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, ORT "
-          f"{result['machine']['onnxruntime']} CPU, {threads} thread(s); every {every} frame(s).", ""]
+          f"{result['machine']['onnxruntime']} CPU, {threads} thread(s); every {every} frame(s); "
+          f"score threshold {runner.defaults['score_threshold']}, NMS {runner.defaults['nms_iou']}, "
+          f"top {runner.defaults['top_p']}.", ""]
     for key, block in blocks.items():
         md += _table(key, block)
         md += [f"ms/frame: {block['ms_per_frame']}", ""]

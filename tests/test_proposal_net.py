@@ -232,3 +232,41 @@ def test_nms_and_best_ious():
     props = np.stack([gt[0], ~gt[0], np.pad(np.ones((2, 1), bool), ((0, 2), (0, 3)))])
     assert best_ious(props, gt).tolist() == [1.0]
     assert best_ious(props[2:], gt).tolist() == [0.5]
+
+
+# -- training CLI: cache, checkpoints, resume, fp16 weights ----------------------------------
+
+def test_train_cli_caches_resumes_and_writes_fp16(tiny_net, square_clip, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from training.checkpoint import save_checkpoint
+    from training.proposal_train import main
+
+    root = tmp_path / "davis"
+    (root / "ImageSets").mkdir(parents=True)
+    (root / "ImageSets" / "train.txt").write_text("a\nb\n")
+    for s in ("a", "b"):
+        (root / "JPEGImages" / s).mkdir(parents=True)
+        (root / "Annotations" / s).mkdir(parents=True)
+        for i, (rgb, lab) in enumerate(zip(*square_clip(4, 64, 96))):
+            Image.fromarray(rgb).save(root / "JPEGImages" / s / f"{i:05d}.jpg", quality=95)
+            note = Image.fromarray(lab, "P")
+            note.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+            note.save(root / "Annotations" / s / f"{i:05d}.png")
+    enc = save_checkpoint(tmp_path / "enc", tiny_net)
+    args = ["--data", f"{root}:train", "--encoder", str(enc), "--cache", str(tmp_path / "cache"), "--cache-clips", "6",
+            "--crop", "64", "--held-out", "2", "--out", str(tmp_path / "run"), "--batch", "2",
+            "--checkpoint-every", "2", "--threads", "1"]
+    r = CliRunner().invoke(main, args + ["--iterations", "2"])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "cache").glob("shard-*.pt"))) >= 1
+    r = CliRunner().invoke(main, args + ["--iterations", "4", "--final", str(tmp_path / "w" / "p")])
+    assert r.exit_code == 0, r.output
+    assert "resuming at iteration 2" in r.output
+    lines = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == [2, 4] and "held_out" in lines[0]
+    net, meta = load_proposal_checkpoint(tmp_path / "w" / "p")
+    assert meta["dtype"] == "float16" and meta["state"]["iteration"] == 4
+    r = CliRunner().invoke(main, args + ["--held-out", "99", "--iterations", "5"])
+    assert r.exit_code != 0 and "--held-out" in r.output

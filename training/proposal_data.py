@@ -3,8 +3,9 @@
 Frames come from :class:`training.datasets.ClipDataset` with the multi-object synthesis of
 :mod:`training.synthesis` (objects of other sequences pasted, copies of the clip's own object
 pasted as look-alikes, later pastes occluding earlier ones), so that single-object DAVIS 2016
-frames carry several instances. Each clip gives ``num_frames`` = 2 frames; each frame is one
-sample. The key encoder is frozen (the bundled one), so its features are computed once here and
+frames carry several instances. Each clip is sampled with 2 frames (ClipDataset's minimum) and
+its first frame is the sample (``frames_per_clip`` = 1: the two frames of a clip are
+near-duplicates, a new clip is a new scene). The key encoder is frozen (the bundled one), so its features are computed once here and
 cached (float16) with the instance labels on the f4 grid and the SOLO targets of the f16 grid
 (:func:`training.proposal_net.assign_targets`); training then runs only the small head.
 
@@ -30,8 +31,8 @@ from .synthesis import Synthesis
 
 #: synthesis of the bundled proposal net: 1..5 objects a frame, look-alike copies, and pasted
 #: objects zoomed up to 2× (the sdk at 480 px internal sees DAVIS objects 2× their 240p size)
-SYNTHESIS = {"objects": 5, "multi_prob": 0.85, "duplicate_prob": 0.3, "zoom": (0.6, 2.0), "min_pixels": 150}
-BASE_ZOOM = (1.0, 2.4)
+SYNTHESIS = {"objects": 6, "multi_prob": 0.85, "duplicate_prob": 0.3, "zoom": (0.5, 2.0), "min_pixels": 100}
+BASE_ZOOM = (0.8, 2.4)
 
 
 def instance_labels(masks: np.ndarray, valid: np.ndarray, factor: int = 4) -> np.ndarray:
@@ -57,14 +58,18 @@ def targets_of(labels: torch.Tensor, grid: tuple[int, int]):
 
 
 @torch.no_grad()
-def build_cache(encoder, out: str | Path, roots: list[tuple[str, str]], clips: int, crop: int = 288,
-                seed: int = 0, shard_size: int = 250, mean=(0.5,) * 3, std=(128 / 255,) * 3) -> Path:
-    """Write the cache (module docstring) of ``clips`` synthetic 2-frame clips to ``out``.
+def build_cache(encoder, out: str | Path, roots: list[tuple[str, str]], clips: int, crop: int = 384,
+                seed: int = 0, shard_size: int = 200, mean=(0.5,) * 3, std=(128 / 255,) * 3,
+                frames_per_clip: int = 1) -> Path:
+    """Write the cache (module docstring) of ``clips`` synthetic clips to ``out``
+    (``frames_per_clip`` ∈ {1, 2} samples each).
 
     encoder: the frozen key encoder, image [B,3,S,S] normalised → (f4, f8, f16);
     roots: (DAVIS root, split) pairs; crop S (a multiple of 16). Existing complete shards are
     kept (a rerun resumes). Returns ``out``. Raises ValueError for a crop not a multiple of 16.
     """
+    if frames_per_clip not in (1, 2):
+        raise ValueError(f"frames_per_clip must be 1 or 2, got {frames_per_clip}")
     if crop % 16:
         raise ValueError(f"crop must be a multiple of 16, got {crop}")
     out = Path(out)
@@ -72,7 +77,7 @@ def build_cache(encoder, out: str | Path, roots: list[tuple[str, str]], clips: i
     seqs = [s for root, split in roots for s in load_sequences(root, split)]
     ds = ClipDataset(seqs, crop=crop, num_frames=2, max_skip=5, mean=mean, std=std, scale=BASE_ZOOM,
                      seed=seed, synthesis=Synthesis(**SYNTHESIS), length=clips)
-    per_shard = shard_size // 2
+    per_shard = shard_size // frames_per_clip
     shards = (clips + per_shard - 1) // per_shard
     grid = (crop // 16, crop // 16)
     for sh in tqdm(range(shards), desc="cache shards"):
@@ -82,8 +87,8 @@ def build_cache(encoder, out: str | Path, roots: list[tuple[str, str]], clips: i
         buf = {k: [] for k in ("f16", "f8", "f4", "labels", "cate", "owner")}
         for item in range(sh * per_shard, min(clips, (sh + 1) * per_shard)):
             d = ds[item]
-            f4, f8, f16 = encoder(torch.from_numpy(d["frames"]))
-            for t in range(d["frames"].shape[0]):
+            f4, f8, f16 = encoder(torch.from_numpy(d["frames"][:frames_per_clip]))
+            for t in range(frames_per_clip):
                 lab = torch.from_numpy(instance_labels(d["masks"][t], d["valid"]))
                 _, cate, owner = targets_of(lab, grid)
                 for k, v in (("f16", f16[t]), ("f8", f8[t]), ("f4", f4[t])):
@@ -94,7 +99,7 @@ def build_cache(encoder, out: str | Path, roots: list[tuple[str, str]], clips: i
         torch.save({k: torch.stack(v) for k, v in buf.items()}, str(path) + ".tmp")
         Path(str(path) + ".tmp").replace(path)
     (out / "cache.json").write_text(json.dumps({"roots": roots, "clips": clips, "crop": crop, "seed": seed,
-                                                "synthesis": SYNTHESIS, "base_zoom": BASE_ZOOM}, indent=2))
+                                                "frames_per_clip": frames_per_clip, "synthesis": SYNTHESIS, "base_zoom": BASE_ZOOM}, indent=2))
     return out
 
 
@@ -104,8 +109,18 @@ def load_cache(folder: str | Path) -> dict[str, torch.Tensor]:
     files = sorted(Path(folder).glob("shard-*.pt"))
     if not files:
         raise FileNotFoundError(f"no cache shards (shard-*.pt) in {folder}; build them with --cache-clips")
-    parts = [torch.load(f, weights_only=True) for f in files]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    out, at = None, 0
+    for f in files:                     # preallocate from the first shard: no 2× peak of a cat
+        part = torch.load(f, weights_only=True)
+        n = part["f16"].shape[0]
+        if out is None:
+            total = n * len(files)      # every shard but maybe the last is full
+            out = {k: torch.empty((total,) + tuple(v.shape[1:]), dtype=v.dtype) for k, v in part.items()}
+        for k, v in part.items():
+            out[k][at:at + n] = v
+        at += n
+        del part
+    return {k: v[:at] for k, v in out.items()}
 
 
 def batch_from_cache(cache: dict, index: torch.Tensor):

@@ -92,9 +92,11 @@ def held_out_loss(net, cache, index, batch=16) -> dict:
               type=click.Path(exists=True, dir_okay=False), help="Checkpoint whose (frozen) key encoder gives f16/f8/f4.")
 @click.option("--cache", "cache_dir", default="runs/proposals-cache", show_default=True,
               type=click.Path(file_okay=False), help="Feature cache folder (built first if incomplete).")
-@click.option("--cache-clips", default=2000, show_default=True, type=click.IntRange(1),
-              help="Synthetic 2-frame clips in the cache (2 samples each).")
-@click.option("--crop", default=288, show_default=True, type=click.IntRange(64), help="Crop side in px (multiple of 16).")
+@click.option("--cache-clips", default=6000, show_default=True, type=click.IntRange(1),
+              help="Synthetic clips in the cache (--frames-per-clip samples each).")
+@click.option("--frames-per-clip", default=1, show_default=True, type=click.IntRange(1, 2),
+              help="Samples per synthetic clip (2 = both frames of the clip, near-duplicates).")
+@click.option("--crop", default=384, show_default=True, type=click.IntRange(64), help="Crop side in px (multiple of 16).")
 @click.option("--held-out", default=200, show_default=True, type=click.IntRange(0),
               help="Cached samples (the last ones) kept out of training for the held-out loss.")
 @click.option("--out", default="runs/proposals", show_default=True, type=click.Path(file_okay=False),
@@ -102,13 +104,16 @@ def held_out_loss(net, cache, index, batch=16) -> dict:
 @click.option("--iterations", default=4000, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--weight-decay", default=1e-4, show_default=True, type=float, help="AdamW weight decay.")
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False),
+              help="Start a new run from this proposal checkpoint's weights (ignored when resuming).")
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's choice).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--final", type=click.Path(dir_okay=False),
               help="At the end write fp16 weights here (X.safetensors + X.json), e.g. training/weights/proposals-lite.")
-def main(data, encoder, cache_dir, cache_clips, crop, held_out, out, iterations, batch, lr, checkpoint_every,
-         threads, seed, final):
+def main(data, encoder, cache_dir, cache_clips, frames_per_clip, crop, held_out, out, iterations, batch, lr,
+         weight_decay, init, checkpoint_every, threads, seed, final):
     """Train the class-agnostic SOLOv2-style proposal head (DMN-AOA §3.1) on the frozen key encoder."""
     from .checkpoint import load_checkpoint
     from .proposal_data import build_cache, load_cache
@@ -125,7 +130,7 @@ def main(data, encoder, cache_dir, cache_clips, crop, held_out, out, iterations,
     vos, _ = load_checkpoint(encoder)
     vos.eval()
     build_cache(vos.key_encoder, cache_dir, roots, cache_clips, crop=crop, seed=seed,
-                mean=vos.config["mean"], std=vos.config["std"])
+                mean=vos.config["mean"], std=vos.config["std"], frames_per_clip=frames_per_clip)
     del vos
     cache = load_cache(cache_dir)
     n = cache["f16"].shape[0]
@@ -136,12 +141,12 @@ def main(data, encoder, cache_dir, cache_clips, crop, held_out, out, iterations,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    net = ProposalNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    net = load_proposal_checkpoint(init)[0] if init else ProposalNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     start, elapsed = 0, 0.0
     if (out / "last.safetensors").is_file():
         net, meta = load_proposal_checkpoint(out / "last.safetensors")
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
         opt.load_state_dict(torch.load(out / "last.opt.pt", weights_only=True))
         start, elapsed = meta["state"]["iteration"], meta["state"].get("seconds", 0.0)
         click.echo(f"resuming at iteration {start}")
@@ -173,7 +178,7 @@ def main(data, encoder, cache_dir, cache_clips, crop, held_out, out, iterations,
             with open(out / "history.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")
             state = {"iteration": done, "seconds": round(seconds, 1), "iterations": iterations, "batch": batch,
-                     "lr": lr, "seed": seed, "crop": crop, "cache": json.loads((Path(cache_dir) / "cache.json").read_text()),
+                     "lr": lr, "weight_decay": weight_decay, "init": init, "seed": seed, "crop": crop, "cache": json.loads((Path(cache_dir) / "cache.json").read_text()),
                      "encoder": encoder}
             torch.save(opt.state_dict(), str(out / "last.opt.pt") + ".tmp")
             os.replace(str(out / "last.opt.pt") + ".tmp", out / "last.opt.pt")
