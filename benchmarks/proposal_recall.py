@@ -4,7 +4,7 @@ Per frame, as the sdk will run it (NumPy + ONNX Runtime, no torch): the frame is
 internal resolution and padded (:class:`sdk.ops.Geometry`), the export's ``key_encoder.onnx``
 gives f16/f8/f4, ``proposals.onnx`` the proposals; those scoring ≥ the manifest's
 ``score_threshold`` go through NMS at IoU 0.4 and the top 30 are kept (DMN-AOA §4.1: "NMS with a
-ratio of 0.4"; :func:`nms`, on boxes, until ``sdk.proposals`` lands); their f4 masks are
+ratio of 0.4"; :func:`training.proposal_metrics.nms`, on boxes, until ``sdk.proposals`` lands); their f4 masks are
 upsampled to the padded frame, cropped and resized to the frame (``Geometry.to_input``),
 thresholded at 0.5. A ground-truth object of a frame (non-empty mask) is **recalled at τ** when
 one of the kept proposals has mask IoU ≥ τ with it; recall = recalled / (frame, object) pairs,
@@ -28,32 +28,9 @@ from benchmarks.common import machine_info
 from sdk.davis import davis_sequence_dirs, read_split
 from sdk.io import iter_frames, read_mask
 from sdk.ops import Geometry
+from training.proposal_metrics import best_ious, nms  # noqa: F401  (numpy only, no torch)
 
 THRESHOLDS = (0.5, 0.7)
-
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one box [4] with boxes [K,4] (x1, y1, x2, y2) → [K] float32 (0 for empty unions)."""
-    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = w * h
-    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
-    union = area(box) + area(boxes) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0).astype(np.float32)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.4, top: int = 30, threshold: float = 0.0) -> np.ndarray:
-    """Greedy box NMS: indices (int64, best first) of at most ``top`` boxes with score ≥
-    ``threshold``, none overlapping a better kept one by IoU > ``iou``."""
-    order = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] >= threshold]
-    keep = []
-    while order and len(keep) < top:
-        i = order.pop(0)
-        keep.append(i)
-        if order:
-            rest = np.asarray(order)
-            order = rest[box_iou(boxes[i], boxes[rest]) <= iou].tolist()
-    return np.asarray(keep, np.int64)
 
 
 class ProposalRunner:
@@ -105,17 +82,6 @@ class ProposalRunner:
         self.seconds["proposals"] += t2 - t1
         self.seconds["post"] += time.perf_counter() - t2
         return full, scores[keep]
-
-
-def best_ious(props: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """props bool [K,H,W], gt bool [N,H,W] → best mask IoU [N] of each object over the props."""
-    if len(props) == 0:
-        return np.zeros(len(gt), np.float32)
-    p = props.reshape(len(props), -1).astype(np.float32)
-    g = gt.reshape(len(gt), -1).astype(np.float32)
-    inter = g @ p.T
-    union = g.sum(1)[:, None] + p.sum(1)[None] - inter
-    return (inter / np.maximum(union, 1)).max(1)
 
 
 def sequence_recall(runner: ProposalRunner, root: Path, name: str, every: int) -> dict:

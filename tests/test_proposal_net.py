@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from benchmarks.proposal_recall import ProposalRunner, best_ious, nms  # noqa: E402
+from benchmarks.proposal_recall import ProposalRunner  # noqa: E402
+from training.proposal_metrics import best_ious, nms  # noqa: E402
 from export.errors import ParityError  # noqa: E402
 from export.proposal_export import (add_to_export, check_parity, export_graph, manifest_entry,  # noqa: E402
                                     random_features)
@@ -257,7 +258,7 @@ def test_train_cli_caches_resumes_and_writes_fp16(tiny_net, square_clip, tmp_pat
     enc = save_checkpoint(tmp_path / "enc", tiny_net)
     args = ["--data", f"{root}:train", "--encoder", str(enc), "--cache", str(tmp_path / "cache"), "--cache-clips", "6",
             "--crop", "64", "--held-out", "2", "--out", str(tmp_path / "run"), "--batch", "2",
-            "--checkpoint-every", "2", "--threads", "1"]
+            "--checkpoint-every", "2", "--threads", "1", "--val-sequences", "b"]
     r = CliRunner().invoke(main, args + ["--iterations", "2"])
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "cache").glob("shard-*.pt"))) >= 1
@@ -266,7 +267,14 @@ def test_train_cli_caches_resumes_and_writes_fp16(tiny_net, square_clip, tmp_pat
     assert "resuming at iteration 2" in r.output
     lines = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [2, 4] and "held_out" in lines[0]
+    assert lines[0]["val"]["objects"] == 1 and 0 <= lines[0]["val"]["recall@0.5"] <= 1   # b's frames 0 (every 4th of 4)
+    cache_meta = json.loads((tmp_path / "cache" / "cache.json").read_text())
+    assert cache_meta["sequences"] == ["a"]                          # the validation sequence is left out
     net, meta = load_proposal_checkpoint(tmp_path / "w" / "p")
-    assert meta["dtype"] == "float16" and meta["state"]["iteration"] == 4
+    best = min(lines, key=lambda x: -x["val"]["mean_best_iou"])      # --final takes the best real-frame IoU
+    assert meta["dtype"] == "float16" and meta["state"]["picked"] == "best"
+    assert meta["state"]["iteration"] == best["iteration"]
     r = CliRunner().invoke(main, args + ["--held-out", "99", "--iterations", "5"])
     assert r.exit_code != 0 and "--held-out" in r.output
+    r = CliRunner().invoke(main, args + ["--val-sequences", "ghost"])
+    assert r.exit_code != 0 and "ghost" in r.output

@@ -60,12 +60,13 @@ def targets_of(labels: torch.Tensor, grid: tuple[int, int]):
 @torch.no_grad()
 def build_cache(encoder, out: str | Path, roots: list[tuple[str, str]], clips: int, crop: int = 384,
                 seed: int = 0, shard_size: int = 200, mean=(0.5,) * 3, std=(128 / 255,) * 3,
-                frames_per_clip: int = 1) -> Path:
+                frames_per_clip: int = 1, exclude=(), sequences=None) -> Path:
     """Write the cache (module docstring) of ``clips`` synthetic clips to ``out``
     (``frames_per_clip`` ∈ {1, 2} samples each).
 
     encoder: the frozen key encoder, image [B,3,S,S] normalised → (f4, f8, f16);
-    roots: (DAVIS root, split) pairs; crop S (a multiple of 16). Existing complete shards are
+    roots: (DAVIS root, split) pairs (or ``sequences`` already loaded from them); ``exclude``:
+    sequence names left out (held out for validation); crop S (a multiple of 16). Existing complete shards are
     kept (a rerun resumes). Returns ``out``. Raises ValueError for a crop not a multiple of 16.
     """
     if frames_per_clip not in (1, 2):
@@ -74,7 +75,11 @@ def build_cache(encoder, out: str | Path, roots: list[tuple[str, str]], clips: i
         raise ValueError(f"crop must be a multiple of 16, got {crop}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seqs = [s for root, split in roots for s in load_sequences(root, split)]
+    if sequences is None:
+        sequences = [s for root, split in roots for s in load_sequences(root, split)]
+    seqs = [s for s in sequences if s.name not in set(exclude)]
+    if not seqs:
+        raise ValueError("no training sequence left after the held-out ones")
     ds = ClipDataset(seqs, crop=crop, num_frames=2, max_skip=5, mean=mean, std=std, scale=BASE_ZOOM,
                      seed=seed, synthesis=Synthesis(**SYNTHESIS), length=clips)
     per_shard = shard_size // frames_per_clip
@@ -99,7 +104,7 @@ def build_cache(encoder, out: str | Path, roots: list[tuple[str, str]], clips: i
         torch.save({k: torch.stack(v) for k, v in buf.items()}, str(path) + ".tmp")
         Path(str(path) + ".tmp").replace(path)
     (out / "cache.json").write_text(json.dumps({"roots": roots, "clips": clips, "crop": crop, "seed": seed,
-                                                "frames_per_clip": frames_per_clip, "synthesis": SYNTHESIS, "base_zoom": BASE_ZOOM}, indent=2))
+                                                "sequences": [q.name for q in seqs], "frames_per_clip": frames_per_clip, "synthesis": SYNTHESIS, "base_zoom": BASE_ZOOM}, indent=2))
     return out
 
 
@@ -139,3 +144,28 @@ def batch_from_cache(cache: dict, index: torch.Tensor):
         owners.append(torch.where(own >= 0, remap[own.clamp(min=0)], own))
         instances.append(inst)
     return f16, f8, f4, instances, cache["cate"][index].float(), torch.stack(owners)
+
+
+@torch.no_grad()
+def real_frames(encoder, sequences, every: int = 4, resolution: int = 480, stride: int = 16,
+                mean=(0.5,) * 3, std=(128 / 255,) * 3) -> list[dict]:
+    """Validation frames as the sdk sees them: every ``every``-th frame of ``sequences`` (no
+    pasting), resized to ``resolution`` px short side and padded (:class:`sdk.ops.Geometry`),
+    through the frozen encoder → dicts of f16/f8/f4 float16 [1,…] and ``gt`` bool [N,Hp,Wp] (the
+    frame's objects on the padded frame, nearest-neighbour)."""
+    from sdk.ops import Geometry
+
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    out = []
+    for seq in sequences:
+        for i in range(0, len(seq.frames), every):
+            rgb, lab = seq.frames[i], seq.masks[i]
+            geo = Geometry.for_frame(rgb.shape[0], rgb.shape[1], resolution, stride)
+            ids = [v for v in np.unique(lab) if v not in (0, 255)]
+            if not ids:
+                continue
+            f4, f8, f16 = encoder(torch.from_numpy(geo.image(rgb, m, s)))
+            big = geo.label_map(lab)
+            out.append({"f16": f16.half(), "f8": f8.half(), "f4": f4.half(),
+                        "gt": np.stack([big == v for v in ids]), "sequence": seq.name})
+    return out

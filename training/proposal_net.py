@@ -12,9 +12,11 @@ no second backbone:
 * **kernel branch** (SOLOv2 §3.2.1, "mask kernel G"): per cell a dynamic 1×1 kernel of E
   weights, from the same tower with CoordConv's two normalised coordinate channels
   (SOLOv2 §3.2.1: "the normalized coordinates … are concatenated");
-* **unified mask feature** (SOLOv2 §3.2.2, "mask feature F"): f16, f8 and f4 each through a
-  3×3 conv, upsampled to stride 4 and summed (coordinates on the coarsest level, as SOLOv2
-  feeds them to its 1/32 level), then 3×3 + 1×1 convs → F [1,E,H/4,W/4];
+* **unified mask feature** (SOLOv2 §3.2.2, "mask feature F"): f16 through two 3×3 convs
+  (coordinates concatenated first, as SOLOv2 feeds them to its 1/32 level), upsampled to
+  stride 8, plus f8 through a 3×3 conv, a 3×3 conv, upsampled to stride 4, plus f4 through a
+  3×3 conv, then two 3×3 and one 1×1 conv → F [1,E,H/4,W/4] (``mask_refine`` = False: one conv
+  per level, no conv at stride 8, one 3×3 at stride 4);
 * **mask** of cell k = σ(G_k ∗ F) (SOLOv2 Eq. 1 with a 1×1 kernel), full frame on the f4 grid;
 * **score** = objectness × maskness (SOLOv2 §3.3.1: the mean mask probability over the pixels
   above 0.5), boxes from the thresholded mask (pixels of the padded input: f4 grid × 4).
@@ -42,6 +44,7 @@ DEFAULTS = {
     "mask_channels": 32,       # E: unified mask feature channels = dynamic 1×1 kernel size
     "top_k": 100,              # cells kept by the exported graph (before threshold / NMS)
     "prior_prob": 0.01,        # focal-loss bias initialisation (Lin et al. 2017 §4.1)
+    "mask_refine": True,       # a second 3×3 conv at each of f16, f8, f4 in the mask branch
 }
 
 
@@ -91,10 +94,12 @@ class ProposalNet(nn.Module):
         self.tower = nn.Sequential(*layers)
         self.cate = nn.Conv2d(t, 1, 3, 1, 1)
         self.kernel = nn.Conv2d(t, e, 3, 1, 1)
-        self.lat16 = ConvGN(c16 + 2, e)
+        deep = bool(cfg["mask_refine"])
+        self.lat16 = nn.Sequential(ConvGN(c16 + 2, e), *([ConvGN(e, e)] if deep else []))
         self.lat8 = ConvGN(c8, e)
+        self.fuse8 = ConvGN(e, e) if deep else nn.Identity()
         self.lat4 = ConvGN(c4, e)
-        self.fuse = ConvGN(e, e)
+        self.fuse = nn.Sequential(ConvGN(e, e), *([ConvGN(e, e)] if deep else []))
         self.mask_out = nn.Conv2d(e, e, 1)
         nn.init.constant_(self.cate.bias, -math.log((1 - cfg["prior_prob"]) / cfg["prior_prob"]))
         nn.init.normal_(self.cate.weight, std=0.01)
@@ -114,7 +119,7 @@ class ProposalNet(nn.Module):
         kernels = self.kernel(tower)
         size4 = f4.shape[-2:]
         m = F.interpolate(self.lat16(x16), size=f8.shape[-2:], mode="bilinear", align_corners=False)
-        m = F.interpolate(m + self.lat8(f8), size=size4, mode="bilinear", align_corners=False)
+        m = F.interpolate(self.fuse8(m + self.lat8(f8)), size=size4, mode="bilinear", align_corners=False)
         m = self.mask_out(self.fuse(m + self.lat4(f4)))
         return cate, kernels, m
 

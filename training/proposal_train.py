@@ -8,9 +8,12 @@ Two phases, both resumable (rerun the same command):
 2. the head: AdamW, batch ``--batch``, ``--iterations`` steps, lr ÷10 at 80 %; every
    ``--checkpoint-every`` steps ``OUT/last.safetensors`` + ``.json`` (+ ``last.opt.pt``: the
    optimizer) and a line of ``OUT/history.jsonl`` (mean train losses since the last line and the
-   loss on ``--held-out`` cached samples kept out of training). Batches are drawn from a
+   loss on ``--held-out`` cached samples kept out of training, and the recall on the real frames of
+   the ``--val-sequences`` left out of the cache), and ``OUT/best.*`` whenever that real-frame
+   mean best IoU is the highest so far (without validation sequences: the held-out loss lowest). Batches are drawn from a
    generator seeded by (seed, iteration), so a resumed run sees the batches it would have seen.
-``--final`` writes the fp16 weights (e.g. ``training/weights/proposals-lite``).
+``--final`` writes the fp16 weights (e.g. ``training/weights/proposals-lite``) of ``best`` (of
+``last`` without a held-out set).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -70,6 +74,33 @@ def _batch(cache, index):
 
 
 @torch.no_grad()
+def real_recall(net, frames, score_threshold: float = 0.01, nms_iou: float = 0.4, top: int = 30) -> dict:
+    """Recall of the objects of real validation frames (:func:`training.proposal_data.real_frames`)
+    among the top ``top`` proposals after the score threshold and box NMS ``nms_iou`` (as
+    ``benchmarks/proposal_recall.py``, on the padded frame): recall@0.5, recall@0.7, mean best IoU."""
+    import torch.nn.functional as F
+
+    from .proposal_metrics import best_ious, nms
+
+    net.eval()
+    ious = []
+    for fr in frames:
+        boxes, scores, masks = net.propose(fr["f16"].float(), fr["f8"].float(), fr["f4"].float())
+        keep = nms(boxes.numpy(), scores.numpy(), nms_iou, top, score_threshold)
+        gt = fr["gt"]
+        if len(keep):
+            up = F.interpolate(masks[torch.from_numpy(keep)][None], size=gt.shape[1:], mode="bilinear",
+                               align_corners=False)[0].numpy() > 0.5
+        else:
+            up = np.zeros((0,) + gt.shape[1:], bool)
+        ious.extend(best_ious(up, gt).tolist())
+    net.train()
+    ious = np.asarray(ious)
+    return {"recall@0.5": round(float((ious >= 0.5).mean()), 4), "recall@0.7": round(float((ious >= 0.7).mean()), 4),
+            "mean_best_iou": round(float(ious.mean()), 4), "objects": int(len(ious))}
+
+
+@torch.no_grad()
 def held_out_loss(net, cache, index, batch=16) -> dict:
     """Mean losses over cached samples ``index`` (eval mode, no gradient)."""
     net.eval()
@@ -99,6 +130,9 @@ def held_out_loss(net, cache, index, batch=16) -> dict:
 @click.option("--crop", default=384, show_default=True, type=click.IntRange(64), help="Crop side in px (multiple of 16).")
 @click.option("--held-out", default=200, show_default=True, type=click.IntRange(0),
               help="Cached samples (the last ones) kept out of training for the held-out loss.")
+@click.option("--val-sequences", default="dance-jump,rhino,car-turn,mallard-water", show_default=True,
+              help="Comma-separated sequences of the first --data root left out of the cache; their real frames "
+                   "(every 4th, 480 px internal) give the recall that picks best.* (empty: pick by held-out loss).")
 @click.option("--out", default="runs/proposals", show_default=True, type=click.Path(file_okay=False),
               help="Run folder (last.safetensors/.json, last.opt.pt, history.jsonl); rerunning resumes.")
 @click.option("--iterations", default=4000, show_default=True, type=click.IntRange(1))
@@ -112,11 +146,12 @@ def held_out_loss(net, cache, index, batch=16) -> dict:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--final", type=click.Path(dir_okay=False),
               help="At the end write fp16 weights here (X.safetensors + X.json), e.g. training/weights/proposals-lite.")
-def main(data, encoder, cache_dir, cache_clips, frames_per_clip, crop, held_out, out, iterations, batch, lr,
+def main(data, encoder, cache_dir, cache_clips, frames_per_clip, crop, held_out, val_sequences, out, iterations, batch, lr,
          weight_decay, init, checkpoint_every, threads, seed, final):
     """Train the class-agnostic SOLOv2-style proposal head (DMN-AOA §3.1) on the frozen key encoder."""
     from .checkpoint import load_checkpoint
-    from .proposal_data import build_cache, load_cache
+    from .datasets import load_sequences
+    from .proposal_data import build_cache, load_cache, real_frames
 
     if threads:
         torch.set_num_threads(threads)
@@ -129,9 +164,17 @@ def main(data, encoder, cache_dir, cache_clips, frames_per_clip, crop, held_out,
     t0 = time.time()
     vos, _ = load_checkpoint(encoder)
     vos.eval()
+    sequences = [s for root, split in roots for s in load_sequences(root, split)]
+    val_names = [v for v in val_sequences.split(",") if v]
+    missing = sorted(set(val_names) - {s.name for s in sequences})
+    if missing:
+        raise click.BadParameter(f"{missing} are not sequences of --data", param_hint="--val-sequences")
     build_cache(vos.key_encoder, cache_dir, roots, cache_clips, crop=crop, seed=seed,
-                mean=vos.config["mean"], std=vos.config["std"], frames_per_clip=frames_per_clip)
-    del vos
+                mean=vos.config["mean"], std=vos.config["std"], frames_per_clip=frames_per_clip,
+                exclude=val_names, sequences=sequences)
+    val = real_frames(vos.key_encoder, [s for s in sequences if s.name in val_names],
+                      mean=vos.config["mean"], std=vos.config["std"]) if val_names else []
+    del vos, sequences
     cache = load_cache(cache_dir)
     n = cache["f16"].shape[0]
     if held_out >= n:
@@ -175,6 +218,8 @@ def main(data, encoder, cache_dir, cache_clips, frames_per_clip, crop, held_out,
                     "train": {k: round(v / count, 5) for k, v in sums.items()}}
             if held_out:
                 line["held_out"] = held_out_loss(net, cache, held)
+            if val:
+                line["val"] = real_recall(net, val)
             with open(out / "history.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")
             state = {"iteration": done, "seconds": round(seconds, 1), "iterations": iterations, "batch": batch,
@@ -183,11 +228,19 @@ def main(data, encoder, cache_dir, cache_clips, frames_per_clip, crop, held_out,
             torch.save(opt.state_dict(), str(out / "last.opt.pt") + ".tmp")
             os.replace(str(out / "last.opt.pt") + ".tmp", out / "last.opt.pt")
             save_proposal_checkpoint(out / "last", net, state)
+            # best.*: the highest real-frame mean best IoU, else the lowest held-out loss
+            merit = -line["val"]["mean_best_iou"] if val else line["held_out"]["loss"] if held_out else None
+            best_js = out / "best.json"
+            best = json.loads(best_js.read_text())["state"]["merit"] if best_js.is_file() else math.inf
+            if merit is not None and merit < best:
+                save_proposal_checkpoint(out / "best", net, {**state, "merit": merit,
+                                                             **{k: line[k] for k in ("held_out", "val") if k in line}})
             tqdm.write(json.dumps(line))
             sums, count = {k: 0.0 for k in sums}, 0
     if final:
-        meta = json.loads((out / "last.json").read_text())
-        save_proposal_checkpoint(final, net, meta["state"], half=True)
+        pick = out / ("best" if (out / "best.json").is_file() else "last")
+        net, meta = load_proposal_checkpoint(pick)
+        save_proposal_checkpoint(final, net, {**meta["state"], "picked": pick.name}, half=True)
         click.echo(f"wrote {final}")
 
 
