@@ -278,3 +278,15 @@ def test_train_cli_caches_resumes_and_writes_fp16(tiny_net, square_clip, tmp_pat
     assert r.exit_code != 0 and "--held-out" in r.output
     r = CliRunner().invoke(main, args + ["--val-sequences", "ghost"])
     assert r.exit_code != 0 and "ghost" in r.output
+
+
+def test_bundled_weights_load_and_run():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "training" / "weights" / "proposals-lite.safetensors"
+    net, meta = load_proposal_checkpoint(path)
+    assert meta["dtype"] == "float16" and meta["state"]["picked"] == "best"
+    assert path.stat().st_size < 4 * 2**20
+    with torch.no_grad():
+        boxes, scores, masks = net.eval().propose(*features(1, 5, 7))
+    assert boxes.shape == (35, 4) and masks.shape == (35, 20, 28) and torch.isfinite(scores).all()
