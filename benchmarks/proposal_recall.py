@@ -2,9 +2,9 @@
 
 Per frame, as the sdk will run it (NumPy + ONNX Runtime, no torch): the frame is resized to the
 internal resolution and padded (:class:`sdk.ops.Geometry`), the export's ``key_encoder.onnx``
-gives f16/f8/f4, ``proposals.onnx`` the proposals; those scoring ≥ the manifest's
+gives f16/f8/f4, ``proposals.onnx`` the proposals; those scoring > the manifest's
 ``score_threshold`` go through NMS at IoU 0.4 and the top 30 are kept (DMN-AOA §4.1: "NMS with a
-ratio of 0.4"; :func:`training.proposal_metrics.nms`, on boxes, until ``sdk.proposals`` lands); their f4 masks are
+ratio of 0.4"; the sdk's :func:`sdk.proposals.select`, box NMS); their f4 masks are
 upsampled to the padded frame, cropped and resized to the frame (``Geometry.to_input``),
 thresholded at 0.5. A ground-truth object of a frame (non-empty mask) is **recalled at τ** when
 one of the kept proposals has mask IoU ≥ τ with it; recall = recalled / (frame, object) pairs,

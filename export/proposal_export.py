@@ -23,33 +23,19 @@ from pathlib import Path
 import click
 import numpy as np
 
-from sdk.manifest import FORMAT, MANIFEST_FILE, sha256_file
+from sdk.manifest import FORMAT, MANIFEST_FILE
+from sdk.proposals import DEFAULT_SCORE_THRESHOLD
 
 from .errors import ParityError
+from .proposals import manifest_entry
 
 GRAPH_FILE = "proposals.onnx"
 INPUTS = ("f16", "f8", "f4")
 OUTPUTS = ("boxes", "scores", "masks")
 #: default score threshold of the bundled net (objectness × maskness), below which the sdk drops a proposal
-SCORE_THRESHOLD = 0.05
+SCORE_THRESHOLD = DEFAULT_SCORE_THRESHOLD  # the sdk's (torchvision's box_score_thresh); recall is flat for 0-0.1
 #: tolerances of the parity check: max-abs on scores and mask probabilities, box px
 PARITY_TOL = {"scores": 1e-4, "masks": 1e-4, "boxes_px": 4.0, "min_box_agreement": 0.99}
-
-
-def manifest_entry(sha256: str, signature: dict, score_threshold: float = SCORE_THRESHOLD) -> dict:
-    """The manifest's top-level ``"proposals"`` entry of a vosedge-format ``proposals.onnx``.
-
-    sha256: hex digest of the graph file; signature: {"inputs": {name: shape}, "outputs":
-    {name: shape}} (:func:`export.onnx_export.graph_signature`). The sdk does threshold, NMS
-    and top-P (none in the graph). (i27p's ``export.proposals.manifest_entry`` replaces this at
-    merge.)
-    """
-    return {"file": GRAPH_FILE, "sha256": sha256, "format": "vosedge",
-            "inputs": signature["inputs"], "outputs": signature["outputs"],
-            "preprocess": {"normalisation": "export", "size": "internal", "channel_order": "rgb"},
-            "postprocess_in_graph": {"threshold": False, "nms": False, "top_p": False},
-            "defaults": {"score_threshold": score_threshold, "nms_iou": 0.4, "top_p": 30},
-            "masks": "full-frame-f4"}
 
 
 class _Graph:
@@ -161,8 +147,6 @@ def add_to_export(net, folder: str | Path, score_threshold: float = SCORE_THRESH
     Raises FileNotFoundError / ValueError naming what is wrong with ``folder`` (no manifest, not
     a vosedge export, skip channels that are not the net's), :class:`ParityError`.
     """
-    from .onnx_export import graph_signature
-
     folder = Path(folder)
     mpath = folder / MANIFEST_FILE
     if not mpath.is_file():
@@ -183,7 +167,7 @@ def add_to_export(net, folder: str | Path, score_threshold: float = SCORE_THRESH
         if images is not None:
             sets += export_features_of(folder, images)
         parity = check_parity(net, graph, sets)
-        entry = {**manifest_entry(sha256_file(graph), graph_signature(graph), score_threshold),
+        entry = {**manifest_entry(graph, "vosedge", defaults={"score_threshold": score_threshold}, file=GRAPH_FILE),
                  "parity": {k: v for k, v in parity.items() if k != "sizes"} | {"f16_grids": parity["sizes"]}}
         shutil.move(str(graph), folder / GRAPH_FILE)
         manifest["proposals"] = entry

@@ -12,7 +12,8 @@ pytest.importorskip("onnxruntime")
 from benchmarks.proposal_recall import ProposalRunner  # noqa: E402
 from training.proposal_metrics import best_ious, nms  # noqa: E402
 from export.errors import ParityError  # noqa: E402
-from export.proposal_export import (add_to_export, check_parity, export_graph, manifest_entry,  # noqa: E402
+from export.proposals import manifest_entry  # noqa: E402
+from export.proposal_export import (add_to_export, check_parity, export_graph,  # noqa: E402
                                     random_features)
 from training.proposal_data import instance_labels, targets_of  # noqa: E402
 from training.proposal_net import (ProposalNet, assign_targets, boxes_from_masks, dice_loss,  # noqa: E402
@@ -197,10 +198,9 @@ def test_add_to_export_and_recall_runner(tiny_export, tmp_path):
     entry = add_to_export(net, folder, score_threshold=0.0, images=[rgb])
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["proposals"] == entry and (folder / "proposals.onnx").is_file()
-    from sdk.manifest import sha256_file
-
-    want = manifest_entry(sha256_file(folder / "proposals.onnx"), {"inputs": entry["inputs"], "outputs": entry["outputs"]}, 0.0)
+    want = manifest_entry(folder / "proposals.onnx", "vosedge", defaults={"score_threshold": 0.0})
     assert {k: v for k, v in entry.items() if k != "parity"} == want
+    assert entry["postprocess_in_graph"] == {"threshold": False, "nms": False, "top_p": False}
     assert entry["inputs"]["f16"] == [1, 112, "h", "w"] and entry["outputs"]["masks"] == ["P", "h4", "w4"]
     assert entry["defaults"] == {"score_threshold": 0.0, "nms_iou": 0.4, "top_p": 30}
     # the sdk-side runner: masks at frame size, at most top_p, ≤ the graph's P
