@@ -61,6 +61,21 @@ def _proposals(image, features=None):
     return boxes, np.array([0.9, 0.8, 0.3], np.float32), masks
 
 
+def _injecting_export(dmn_folder, tiny_net, folder):
+    """A copy of ``dmn_folder`` whose RefineNet reads the coarse mask (injection weights 2, not 0)."""
+    from export.dmn_export import export_dmn
+    from training.dmn import DMNAOA
+
+    shutil.copytree(dmn_folder, folder)
+    torch.manual_seed(0)
+    dmn = DMNAOA(tiny_net).eval()
+    with torch.no_grad():
+        for conv in dmn.refiner.inject:
+            conv.weight.fill_(2.0)
+    export_dmn(dmn, folder)
+    return folder
+
+
 @pytest.mark.parametrize("memory,params", [(None, {"k": 3}), ("first_latest", {})])
 def test_zero_initialised_refine_gives_the_core_policy_masks(dmn_folder, memory, params):
     rgb, masks = _clip()
@@ -84,17 +99,7 @@ def test_injection_reads_the_coarse_mask_and_no_proposals_skip_aoa(dmn_folder, t
     """A RefineNet whose injection weights are not zero reads the coarse mask: its masks differ
     from every_k's when proposals are matched, and equal them without proposals (coarse = 0,
     aoa_match skipped)."""
-    from export.dmn_export import export_dmn
-    from training.dmn import DMNAOA
-
-    folder = tmp_path / "inject"
-    shutil.copytree(dmn_folder, folder)
-    torch.manual_seed(0)
-    dmn = DMNAOA(tiny_net).eval()
-    with torch.no_grad():
-        for conv in dmn.refiner.inject:
-            conv.weight.fill_(2.0)
-    export_dmn(dmn, folder)
+    folder = _injecting_export(dmn_folder, tiny_net, tmp_path / "inject")
     rgb, masks = _clip(4)
     runs = {"with": sdk.Segmenter(folder, method="dmn_aoa", proposals=_proposals, providers="cpu", resolution=None),
             "without": sdk.Segmenter(folder, method="dmn_aoa", providers="cpu", resolution=None),
@@ -111,19 +116,10 @@ def test_the_exports_proposals_graph_is_the_default_source(dmn_folder, tiny_net,
     the same masks as the same proposals given as a callable (after the sdk's threshold, NMS
     0.4 and top-30, which keep all three), with the proposals and aoa stages timed;
     proposals=False runs without them (every_k's masks)."""
-    from export.dmn_export import export_dmn
     from export.proposals import add_proposals
     from tests.proposal_graphs import vosedge_graph
-    from training.dmn import DMNAOA
 
-    folder = tmp_path / "with-proposals"
-    shutil.copytree(dmn_folder, folder)
-    torch.manual_seed(0)
-    dmn = DMNAOA(tiny_net).eval()
-    with torch.no_grad():
-        for conv in dmn.refiner.inject:
-            conv.weight.fill_(2.0)
-    export_dmn(dmn, folder)
+    folder = _injecting_export(dmn_folder, tiny_net, tmp_path / "with-proposals")
     rgb, masks = _clip(4)
     boxes, scores, grid_masks = _proposals(np.zeros((1, 3, 96, 128), np.float32))
     add_proposals(folder, vosedge_graph(tmp_path / "p.onnx", boxes, scores, grid_masks, inputs=("f16",)), "vosedge")
