@@ -95,3 +95,23 @@ def test_mixture_follows_stcn_ratio(tmp_path):
     assert DividedSchedule(lambda i: 3, 5)(0) == 1
     with pytest.raises(ValueError, match="repeats"):
         MixtureDataset([(parts[0][0], 0)], length=1)
+
+
+def test_vos_train_runs_a_datasets_mixture(tmp_path):
+    """A config with ``datasets:`` (YouTube-VOS + DAVIS 2017 ×5) trains through vos-train's loop
+    with frames decoded from disk, and resumes."""
+    torch = pytest.importorskip("torch")
+    from tests.conftest import TINY_CONFIG
+    from training.train import ConfigError, load_config, train
+
+    torch.set_num_threads(1)
+    yv = make_youtube_vos(tmp_path / "yv", videos=2, frames=4)
+    d17 = make_davis2017(tmp_path / "d17", train=1, val=0, frames=4)
+    cfg = {**load_config("tiny"), "network": TINY_CONFIG, "crop": 32, "iterations": 2, "checkpoint_every": 1,
+           "datasets": [{"reader": "davis2017", "root": str(d17), "repeat": 5},
+                        {"reader": "youtube_vos", "root": str(yv), "skip_divisor": 5}]}
+    last = train(cfg, [], tmp_path / "run", progress=False)
+    lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    assert last.is_file() and len(lines) == 2 and np.isfinite(json.loads(lines[-1])["loss"])
+    with pytest.raises(ConfigError, match="datasets\\[0\\]"):
+        train({**cfg, "datasets": [{"reader": "nope", "root": "x"}]}, [], tmp_path / "run2", progress=False)

@@ -199,12 +199,20 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     if start and optim_path.exists():
         opt.load_state_dict(torch.load(optim_path, weights_only=True, map_location=device))
 
-    seqs = [s for root, split in data for s in load_sequences(root, split)]
+    seqs = [] if cfg.get("datasets") else [s for root, split in data for s in load_sequences(root, split)]
     common = dict(crop=cfg["crop"], num_frames=cfg["num_frames"], mean=net.config["mean"], std=net.config["std"],
                   length=cfg["iterations"] * cfg["batch_size"], seed=cfg["seed"])
     schedule = SkipSchedule(cfg, cfg["batch_size"])
-    ds = (StaticPseudoVideoDataset(seqs, **common, **cfg.get("static", {})) if kind == "static"
-          else ClipDataset(seqs, **common, scale=zoom, synthesis=synthesis, skip_schedule=schedule))
+    if cfg.get("datasets"):       # issue 28: readers streamed from disk, mixed by weight (training/data)
+        from .data.config import build_datasets
+
+        try:
+            ds = build_datasets(cfg["datasets"], kind, common, zoom, synthesis, schedule, cfg.get("static", {}))
+        except ValueError as e:
+            raise ConfigError(f"config {e}") from None
+    else:
+        ds = (StaticPseudoVideoDataset(seqs, **common, **cfg.get("static", {})) if kind == "static"
+              else ClipDataset(seqs, **common, scale=zoom, synthesis=synthesis, skip_schedule=schedule))
     bs = cfg["batch_size"]
     boot = cfg["bootstrap"]
     history = []
