@@ -129,3 +129,7 @@ def main(config, data, split, out, iterations, threads, method, init, objects, m
     except (FileNotFoundError, ConfigError, MissingExtraError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"checkpoint: {last}")
+
+
+if __name__ == "__main__":      # torchrun --nproc-per-node N -m training.cli ...
+    main()
