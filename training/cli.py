@@ -121,7 +121,7 @@ def main(config, data, split, out, iterations, threads, method, init, objects, m
         if "sam" in cfg["network"]["heads"]:
             cfg["num_frames"] = max(cfg["num_frames"], 5)   # RDE-VOS trains on 5-frame clips (Eq. 9)
     pairs = [(d, split) for d in data] or [(d["root"], d["split"]) for d in cfg.get("data", [])]
-    if not pairs:
+    if not pairs and not cfg.get("datasets"):
         raise click.UsageError("no training data: give --data ROOT")
     try:
         with extra_imports("vos-train", "train", what="PyTorch"):   # e.g. matplotlib for the loss curves
@@ -129,3 +129,7 @@ def main(config, data, split, out, iterations, threads, method, init, objects, m
     except (FileNotFoundError, ConfigError, MissingExtraError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"checkpoint: {last}")
+
+
+if __name__ == "__main__":      # torchrun --nproc-per-node N -m training.cli ...
+    main()

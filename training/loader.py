@@ -45,13 +45,16 @@ def _one_thread_worker(_worker_id: int) -> None:
 
 
 def iterate_batches(ds, batch_size: int, start: int, stop: int, workers: int = 0,
-                    pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                    pin_memory: bool = False, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of iterations ``start..stop−1`` (items ``it·B .. it·B + B − 1``), as
     :func:`collate` dicts; ``workers`` > 0 builds them in that many spawned DataLoader
-    processes (prefetching 4 batches each, one thread each). Raises ValueError for workers < 0."""
+    processes (prefetching 4 batches each, one thread each). With ``world`` > 1 rank ``rank`` gets
+    items ``it·B + rank·B/world ..`` (B divisible by world). Raises ValueError for workers < 0."""
     if workers < 0:
         raise ValueError(f"workers must be ≥ 0, got {workers}")
-    plan = [list(range(it * batch_size, (it + 1) * batch_size)) for it in range(start, stop)]
+    shard = batch_size // world           # rank r: its 1/world of each global batch (training.distributed)
+    plan = [list(range(it * batch_size + rank * shard, it * batch_size + (rank + 1) * shard))
+            for it in range(start, stop)]
     if not workers:
         for indices in plan:
             yield collate([ds[i] for i in indices])

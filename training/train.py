@@ -35,6 +35,7 @@ from tqdm import tqdm
 from .augment import DEFAULT_ZOOM, zoom_range
 from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from .datasets import ClipDataset, load_sequences
+from .distributed import average_gradients, barrier, mean_over_ranks, setup, teardown
 from .heads import METHOD_HEADS
 from .loader import SkipSchedule, iterate_batches
 from .losses import bootstrap_fraction
@@ -165,6 +166,9 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     if kind == "static" and "zoom" in cfg:
         raise ConfigError("zoom is the clip zoom of dataset: clips; static pseudo-videos take theirs from "
                           "the config's static: {zoom: [lo, hi]}")
+    rank, world_size, device = setup(device)      # torchrun: one process per device (training/distributed.py)
+    if cfg["batch_size"] % world_size:
+        raise ConfigError(f"batch_size {cfg['batch_size']} must be divisible by the {world_size} processes")
     workers = cfg.get("workers", 0)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"workers must be an integer ≥ 0, got {workers!r}")
@@ -179,7 +183,8 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
             raise ConfigError(f"{out} holds a run started with another recipe ({', '.join(differ)} differ); "
                               f"resume it with vos-train --resume {out}, or train into a new --out")
     torch.manual_seed(cfg["seed"])
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     start = 0
     if last.exists():
         net, meta = load_checkpoint(last)
@@ -199,12 +204,20 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     if start and optim_path.exists():
         opt.load_state_dict(torch.load(optim_path, weights_only=True, map_location=device))
 
-    seqs = [s for root, split in data for s in load_sequences(root, split)]
+    seqs = [] if cfg.get("datasets") else [s for root, split in data for s in load_sequences(root, split)]
     common = dict(crop=cfg["crop"], num_frames=cfg["num_frames"], mean=net.config["mean"], std=net.config["std"],
                   length=cfg["iterations"] * cfg["batch_size"], seed=cfg["seed"])
     schedule = SkipSchedule(cfg, cfg["batch_size"])
-    ds = (StaticPseudoVideoDataset(seqs, **common, **cfg.get("static", {})) if kind == "static"
-          else ClipDataset(seqs, **common, scale=zoom, synthesis=synthesis, skip_schedule=schedule))
+    if cfg.get("datasets"):       # issue 28: readers streamed from disk, mixed by weight (training/data)
+        from .data.config import build_datasets
+
+        try:
+            ds = build_datasets(cfg["datasets"], kind, common, zoom, synthesis, schedule, cfg.get("static", {}))
+        except ValueError as e:
+            raise ConfigError(f"config {e}") from None
+    else:
+        ds = (StaticPseudoVideoDataset(seqs, **common, **cfg.get("static", {})) if kind == "static"
+              else ClipDataset(seqs, **common, scale=zoom, synthesis=synthesis, skip_schedule=schedule))
     bs = cfg["batch_size"]
     boot = cfg["bootstrap"]
     history = []
@@ -212,11 +225,14 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     net.train()
     freeze(net, cfg["frozen_blocks"], cfg.get("trainable"))  # BN back to eval after .train()
     bar = tqdm(range(start, cfg["iterations"]), initial=start, total=cfg["iterations"],
-               desc="vos-train", disable=not progress, dynamic_ncols=True)
-    batches = iterate_batches(ds, bs, start, cfg["iterations"], workers, pin_memory=device.type == "cuda")
+               desc="vos-train", disable=not progress or rank != 0, dynamic_ncols=True)
+    batches = iterate_batches(ds, bs, start, cfg["iterations"], workers, pin_memory=device.type == "cuda",
+                              rank=rank, world=world_size)
     t0 = time.time()
     prior_prob = cfg.get("prior_prob", 0.5) if "prior" in net.heads else 0.0
+    step_began = time.time()
     for it, batch in zip(bar, batches):
+        data_wait = time.time() - step_began       # seconds this step waited for its batch
         frames, masks, others = (batch[k].to(device, non_blocking=True) for k in ("frames", "masks", "others"))
         valid = batch["valid"].to(device) if "valid" in batch else None
         frac = bootstrap_fraction(it, int(boot["warm_start"] * cfg["iterations"]),
@@ -229,18 +245,27 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
         loss = losses["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(net.parameters(), world_size)
         for group, base in zip(opt.param_groups, base_lrs(cfg)):
             group["lr"] = base * lr_factor(cfg, it)
         opt.step()
         skip = schedule.at_iteration(it)
         objects = float(valid.sum(1).mean()) if valid is not None else float(masks.shape[2])
-        record = {"iteration": it + 1, **{k: float(v.detach()) for k, v in losses.items()},
+        record = {"iteration": it + 1, **mean_over_ranks({k: float(v.detach()) for k, v in losses.items()},
+                                                         world_size),
                   "max_skip": skip, "objects": objects, "bootstrap": frac, "prior": use_prior,
                   "seconds": time.time() - t0}
+        step = time.time() - step_began
+        record.update(samples_per_s_rank=len(frames) / step, data_wait_share=data_wait / step, world=world_size)
+        if device.type == "cuda":
+            record["gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         history.append(record)
-        bar.set_postfix(loss=f"{loss.item():.3f}", iou=f"{record['iou']:.2f}", skip=skip)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", iou=f"{record['iou']:.2f}", skip=skip,
+                        sps=f"{record['samples_per_s_rank']:.1f}", wait=f"{record['data_wait_share']:.0%}")
         stop = time_limit is not None and time.time() - began >= time_limit
-        if (it + 1) % cfg["checkpoint_every"] == 0 or it + 1 == cfg["iterations"] or stop:
+        if world_size > 1:             # every rank stops at the same iteration
+            stop = bool(mean_over_ranks({"stop": float(stop)}, world_size)["stop"] > 0)
+        if rank == 0 and ((it + 1) % cfg["checkpoint_every"] == 0 or it + 1 == cfg["iterations"] or stop):
             save_checkpoint(last, net, {"iteration": it + 1, "train_config": cfg})
             torch.save(opt.state_dict(), optim_path)
             with hist_path.open("a") as fh:
@@ -253,9 +278,12 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
             log.info("time limit %.0f s reached at iteration %d of %d: checkpoint written, the same command "
                      "(or vos-train --resume %s) continues", time_limit, it + 1, cfg["iterations"], out)
             break
+        step_began = time.time()
     batches.close()                 # DataLoader workers end here, also after a time-limit stop
     bar.close()
-    if cfg.get("publish"):      # the stage's result as fp16 weights (e.g. the bundled model)
+    barrier(world_size)
+    teardown(world_size)
+    if cfg.get("publish") and rank == 0:      # the stage's result as fp16 weights (e.g. the bundled model)
         _, meta = load_checkpoint(last)
         save_checkpoint(cfg["publish"], net, meta["state"], half=True)
         log.info("published fp16 weights to %s", cfg["publish"])
