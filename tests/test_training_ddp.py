@@ -38,6 +38,9 @@ def test_two_gloo_processes_match_one_and_resume_on_one(tmp_path):
     one = _run(cfg, tmp_path / "one", 1, tmp_path)
     two = _run(cfg, tmp_path / "two", 2, tmp_path)
     assert [h["iteration"] for h in two] == list(range(1, 21))
+    for history, world in ((one, 1), (two, 2)):                  # throughput fields of every step
+        assert all(h["world"] == world and h["samples_per_s_rank"] > 0 and 0 <= h["data_wait_share"] <= 1
+                   and "gpu_memory_mb" not in h for h in history)
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=TOL), a["iteration"]
     # a 2-rank run stopped by its time limit after iteration 1 resumes on 1 rank: 2..20 as before

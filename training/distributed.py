@@ -5,9 +5,10 @@
 batch of B clips (items ``it·B .. it·B+B−1``, deterministic per (seed, item)) is split into
 W equal shards, rank r taking items ``it·B + r·B/W ..``: the per-rank sampling, seeded by the
 item, so the clips of a run do not depend on W and a checkpoint resumes on any world size.
-After ``backward`` the gradients are averaged over ranks (:func:`average_gradients`, the
-all-reduce DistributedDataParallel does; done explicitly because the training loss calls the
-network's submodules, not its ``forward``, which DDP's hooks need). The loss is a mean over
+The training loss runs through :class:`torch.nn.parallel.DistributedDataParallel`
+(:func:`clip_loss_module`): the loss calls the network's submodules rather than its
+``forward``, so DDP wraps :class:`ClipLoss`, a module whose ``forward`` is the whole clip loss;
+its hooks then average the gradients over ranks during ``backward``. The loss is a mean over
 clips, so with equal shards the averaged gradient is the 1-process one of the same global
 batch. Only rank 0 writes checkpoints, history, curves and the progress bar.
 """
@@ -35,17 +36,31 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
     return rank, size, device
 
 
-def average_gradients(params, size: int) -> None:
-    """All-reduce (mean over ``size`` ranks) the gradient of every parameter that trains; a
-    parameter without a gradient on this rank takes part with zeros, so all ranks agree."""
+class ClipLoss(torch.nn.Module):
+    """``forward(*args, **kwargs)`` = :func:`training.objectives.clip_losses` of ``net`` (its
+    arguments and its dict of losses), so that DDP sees one forward per step."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *args, **kwargs) -> dict:
+        from .objectives import clip_losses
+
+        return clip_losses(self.net, *args, **kwargs)
+
+
+def clip_loss_module(net: torch.nn.Module, size: int, device: torch.device) -> torch.nn.Module:
+    """The step's loss module: :class:`ClipLoss` of ``net``, wrapped in DistributedDataParallel
+    when ``size`` > 1 (after :func:`setup`, with the parameters that train already chosen:
+    ``requires_grad`` is read here). ``find_unused_parameters``: a step may leave a head
+    unused (prior enhancement on some steps only), the same on every rank (the choice is
+    seeded by the iteration)."""
+    module = ClipLoss(net)
     if size == 1:
-        return
-    for p in params:
-        if p.requires_grad:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad /= size
+        return module
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
 
 def mean_over_ranks(values: dict, size: int) -> dict:

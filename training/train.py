@@ -35,12 +35,11 @@ from tqdm import tqdm
 from .augment import DEFAULT_ZOOM, zoom_range
 from .checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from .datasets import ClipDataset, load_sequences
-from .distributed import average_gradients, barrier, mean_over_ranks, setup, teardown
+from .distributed import barrier, clip_loss_module, mean_over_ranks, setup, teardown
 from .heads import METHOD_HEADS
 from .loader import SkipSchedule, iterate_batches
 from .losses import bootstrap_fraction
 from .networks import build_network
-from .objectives import clip_losses
 from .run_folder import ResumeError, recipe_differences, resolve_init, saved_config
 from .static import StaticPseudoVideoDataset
 from .synthesis import Synthesis
@@ -224,6 +223,7 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
     hist_path = out / "history.jsonl"
     net.train()
     freeze(net, cfg["frozen_blocks"], cfg.get("trainable"))  # BN back to eval after .train()
+    loss_module = clip_loss_module(net, world_size, device)  # DistributedDataParallel under torchrun
     bar = tqdm(range(start, cfg["iterations"]), initial=start, total=cfg["iterations"],
                desc="vos-train", disable=not progress or rank != 0, dynamic_ncols=True)
     batches = iterate_batches(ds, bs, start, cfg["iterations"], workers, pin_memory=device.type == "cuda",
@@ -240,12 +240,11 @@ def train(cfg: dict, data: list[tuple[str, str]], out: Path, threads: int | None
         gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + it)
         use_prior = bool(torch.rand(1, generator=gen) < prior_prob)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            losses = clip_losses(net, frames, masks, others, frac, use_prior=use_prior, generator=gen,
+            losses = loss_module(frames, masks, others, frac, use_prior=use_prior, generator=gen,
                                  norm_weight=cfg.get("rde_norm_weight", 0.0), valid=valid)
         loss = losses["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(net.parameters(), world_size)
         for group, base in zip(opt.param_groups, base_lrs(cfg)):
             group["lr"] = base * lr_factor(cfg, it)
         opt.step()
