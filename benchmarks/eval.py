@@ -13,7 +13,8 @@ from benchmarks.common import machine_info, play, prompts, read_ground_truth
 from benchmarks.eval_batch import evaluate_parallel
 from sdk import cli
 from sdk.batch_cli import batch_options, check_batch_options
-from sdk.davis import davis_sequence_dirs, read_split
+from sdk.davis import davis_sequence_dirs, split_subset
+from sdk.errors import InputError
 from sdk.io import iter_frames, list_frames, write_mask
 from sdk.metrics import evaluate_sequence, summarize
 
@@ -60,14 +61,11 @@ def evaluate(segmenter, root: Path, sequence: str, out: Path, progress: bool = T
 def split_sequences(data: Path, split: str, sequences: list[str] | None) -> list[str]:
     """The sequences of ``ImageSets/<split>.txt`` under ``data``, or the given subset of them.
     Raises click.UsageError naming any of ``sequences`` the split lacks (and what
-    :func:`sdk.davis.read_split` raises for a missing split file)."""
-    names = read_split(data, split)
-    if not sequences:
-        return names
-    unknown = sorted(set(sequences) - set(names))
-    if unknown:
-        raise click.UsageError(f"not in split {split!r}: {', '.join(unknown)}")
-    return sequences
+    :func:`sdk.davis.split_subset` raises for a missing split file)."""
+    try:
+        return split_subset(data, split, sequences)
+    except InputError as error:
+        raise click.UsageError(str(error)) from None
 
 
 def _row(name: str, scores: dict) -> str:

@@ -42,7 +42,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .davis import davis_sequence_dirs, read_split
+from .davis import davis_sequence_dirs, split_subset
 from .errors import InputError, OutputError, VosEdgeError
 from .io import check_mask_size, iter_frames, list_frames, read_mask
 from .manifest import resolve_model
@@ -109,12 +109,7 @@ def davis_jobs(root: str | Path, split: str, out: str | Path, sequences: Sequenc
     frames ``JPEGImages/<seq>/``, mask the annotation of its first frame, output
     ``<out>/<seq>/``. Raises :class:`~sdk.errors.VideoReadError` for a missing split file,
     :class:`~sdk.errors.InputError` for a sequence the split lacks."""
-    names = read_split(root, split)
-    if sequences:
-        unknown = sorted(set(sequences) - set(names))
-        if unknown:
-            raise InputError(f"not in split {split!r} of {root}: {', '.join(unknown)}")
-        names = list(sequences)
+    names = split_subset(root, split, sequences)
     jobs = []
     for name in names:
         try:

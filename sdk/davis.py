@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import VideoReadError
+from .errors import InputError, VideoReadError
 
 
 def read_split(root, split: str) -> list[str]:
@@ -23,6 +23,19 @@ def read_split(root, split: str) -> list[str]:
     if not names:
         raise VideoReadError(f"split file {path} lists no sequence")
     return names
+
+
+def split_subset(root, split: str, sequences=None) -> list[str]:
+    """The sequences of ``<root>/ImageSets/<split>.txt`` (:func:`read_split`), or the given
+    subset of them, in the order given. Raises :class:`~sdk.errors.InputError` naming the
+    ones the split lacks (and VideoReadError as :func:`read_split`)."""
+    names = read_split(root, split)
+    if not sequences:
+        return names
+    unknown = sorted(set(sequences) - set(names))
+    if unknown:
+        raise InputError(f"not in split {split!r} of {root}: {', '.join(unknown)}")
+    return list(sequences)
 
 
 def davis_sequence_dirs(root, sequence: str) -> tuple[Path, Path]:

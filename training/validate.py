@@ -23,7 +23,7 @@ from time import perf_counter
 import numpy as np
 import torch
 
-from sdk.davis import davis_sequence_dirs, read_split
+from sdk.davis import davis_sequence_dirs, split_subset
 from sdk.io import iter_frames, list_frames, read_mask
 from sdk.metrics import VOID, evaluate_sequence, prompts, summarize
 from sdk.ops import Geometry, channel_argmax, merge_given, sigmoid, soft_aggregate
@@ -116,12 +116,7 @@ def heldin_jf(net, root, split: str = "val", sequences=None, max_frames: int | N
     (segmented), ``"seconds"`` (wall time). Raises ValueError for sequences not in the split, a
     bad max_frames/every, or nothing to score; FileNotFoundError for a frame without mask.
     """
-    names = read_split(root, split)
-    if sequences:
-        unknown = sorted(set(sequences) - set(names))
-        if unknown:
-            raise ValueError(f"not in split {split!r} of {root}: {', '.join(unknown)}")
-        names = list(sequences)
+    names = split_subset(root, split, sequences)          # InputError (a ValueError) for unknown ones
     if max_frames is not None and max_frames < 3:
         raise ValueError(f"max_frames must be ≥ 3 (first and last frames are not scored), got {max_frames}")
     if every < 1:
