@@ -356,7 +356,8 @@ class Progress:
     """The parent's one progress bar (tqdm) over the frames of every video, with the videos
     done / total as its description; fed the workers' events. A video that is restarted
     (a retried worker) has its frames counted once; a failed one's frames left undone leave
-    the total."""
+    the total. A worker's events travel through a queue and may come after its video's result:
+    the result settles the video's count, and later events for it are dropped."""
 
     def __init__(self, videos: int, enabled: bool = True):
         from tqdm import tqdm               # noqa: PLC0415
@@ -364,6 +365,7 @@ class Progress:
         self.videos, self.finished = videos, 0
         self._total: dict[int, int] = {}
         self._done: dict[int, int] = {}
+        self._finished: set[int] = set()
         self.bar = tqdm(total=0, unit="frame", disable=not enabled, dynamic_ncols=True)
         self._describe()
 
@@ -372,6 +374,8 @@ class Progress:
 
     def event(self, event: tuple) -> None:
         kind, job, n = event[:3]
+        if kind != "done" and job in self._finished:
+            return                          # a worker's event that came through its queue after the result
         if kind == "started":
             self._total[job] = n
             self._done[job] = 0
@@ -382,9 +386,13 @@ class Progress:
             self.bar.n += n
         elif kind == "done":
             self.finished += 1
+            self._finished.add(job)
             if isinstance(event[2], dict) and event[2].get("status") == "failed":    # its frames left undone
                 self._total[job] = self._done.get(job, 0)
-                self.bar.total = sum(self._total.values())
+            elif job in self._total:        # all its frames, whichever of their events are still queued
+                self._done[job] = self._total[job]
+            self.bar.total = sum(self._total.values())
+            self.bar.n = sum(self._done.values())
             self._describe()
         self.bar.refresh()
 

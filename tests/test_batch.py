@@ -267,3 +267,21 @@ def test_a_video_finished_as_its_pool_broke_counts_as_done_not_skipped(tmp_path)
                         events.append, retries=1)
     assert [r["status"] for r in results] == ["ok", "ok"]
     assert "verified complete" in results[0]["note"] and "note" not in results[1]
+
+
+def test_progress_settles_a_video_on_its_result_whatever_events_come_late():
+    """Worker events may reach the parent after the video's result (they travel through a
+    queue): the bar still ends at every frame of the ok videos and none of a failed one's."""
+    from sdk.batch import Progress
+
+    bar = Progress(3, enabled=False)
+    bar.event(("started", 0, 6))
+    bar.event(("frames", 0, 2))
+    bar.event(("done", 0, {"status": "ok"}))          # its last frames events still queued
+    bar.event(("frames", 0, 4))
+    bar.event(("done", 1, {"status": "failed"}))       # failed before its start event arrived
+    bar.event(("started", 1, 6))
+    bar.event(("started", 2, 5))
+    bar.event(("frames", 2, 5))
+    bar.event(("done", 2, {"status": "ok"}))
+    assert (bar.bar.n, bar.bar.total, bar.finished) == (11, 11, 3)
