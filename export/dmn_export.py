@@ -193,3 +193,44 @@ def check_dmn_parity(dmn: nn.Module, folder: Path, manifest) -> dict[str, float]
                           + ", ".join(f"{n} max |Δ|/max(1, max|out|) = {d:.3g}" for n, d in bad.items())
                           + f" (limit {PARITY_MAX_ABS})")
     return diffs
+
+
+def _main():
+    import click
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    @click.option("--weights", required=True, metavar="W",
+                  help="DMN-AOA weights of python -m training.dmn_train (W.safetensors + W.json).")
+    @click.option("--export", "folder", required=True, type=click.Path(file_okay=False, path_type=Path),
+                  help="The export of the weights' core network (its graphs gain dmn_memory, dmn_template, "
+                       "aoa_match, refine).")
+    @click.option("--core", default=None, help="The core checkpoint (default: the one the weights were trained on).")
+    @click.option("--no-align", is_flag=True, help="Export the 'without AOA' ablation (raw proposal features).")
+    def main(weights, folder, core, no_align):
+        """Add trained DMN-AOA graphs to an export, parity-checked; nothing changes when a check fails.
+
+          python -m export.dmn_export --weights training/weights/dmn-lite --export sdk/models/default
+        """
+        from training.checkpoint import load_checkpoint
+        from training.dmn_train import load_dmn
+
+        try:
+            js = Path(str(weights).removesuffix(".safetensors").removesuffix(".json") + ".json")
+            if not js.is_file():
+                raise FileNotFoundError(f"DMN-AOA weights file {js} not found (weights are W.safetensors + W.json "
+                                        "of python -m training.dmn_train)")
+            meta = json.loads(js.read_text())
+            net, _ = load_checkpoint(core or meta["recipe"]["core"])
+            dmn, _ = load_dmn(weights, net)
+            if no_align:
+                dmn.matcher.align = dmn.hparams["align"] = False
+            export_dmn(dmn, folder)
+        except (FileNotFoundError, ValueError, KeyError, ParityError) as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"added {', '.join(DMN_GRAPHS)} to {folder}")
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()
