@@ -13,6 +13,9 @@ in one process, the J&F of (vos-eval's protocol, :func:`benchmarks.eval.evaluate
 * ``no_align`` (with ``--no-align``) — the "without AOA" export (raw proposal features);
 * ``maskrcnn`` (with ``--maskrcnn``) — the same proposals through the Mask R-CNN adapter.
 
+Per sequence also the identity swaps (:func:`identity_swaps`: frames × objects whose predicted
+mask lies mostly on another ground-truth object).
+
 Writes the JSON (per variant: per-sequence J, F, J&F, fps; the mean over objects) and a
 Markdown table beside it, with the machine.
 """
@@ -29,7 +32,7 @@ import numpy as np
 import sdk
 from sdk.boxes import MASK_STRIDE
 from sdk.davis import davis_sequence_dirs, split_subset
-from sdk.io import list_frames
+from sdk.io import list_frames, read_mask
 from sdk.metrics import summarize
 from sdk.ops import Geometry
 
@@ -68,6 +71,25 @@ class OracleProposals:
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.ones(len(ids), np.float32), masks
 
 
+def identity_swaps(pred: list[np.ndarray], gt: list[np.ndarray]) -> int:
+    """(frame, object) pairs, frames 1.., where the mask predicted for object k lies mostly on
+    another ground-truth object j ≠ k: ≥ half of its pixels, and more of them than on k itself.
+    pred, gt: label maps uint8 [H,W] of the same frames (255 = void in gt)."""
+    swaps = 0
+    for p, g in zip(pred[1:], gt[1:]):
+        for k in (i for i in np.unique(g) if i not in (0, 255)):
+            own = p == k
+            area = int(own.sum())
+            if not area:
+                continue
+            on = np.bincount(g[own], minlength=256)
+            mine = on[k]
+            on[[0, 255, k]] = 0
+            if on.max() * 2 >= area and on.max() > mine:
+                swaps += 1
+    return swaps
+
+
 def _score(make, data: Path, names: list[str], out: Path, oracle: bool) -> dict:
     """J, F, J&F and fps per sequence and over objects; ``make(**kwargs)`` builds the Segmenter
     (once, or per sequence with that sequence's :class:`OracleProposals`)."""
@@ -85,8 +107,13 @@ def _score(make, data: Path, names: list[str], out: Path, oracle: bool) -> dict:
             objects, latencies = evaluate(segmenter, data, name, out, progress=False)
         objects_all += list(objects.values())
         s = summarize(objects.values())
+        frames, annotations = davis_sequence_dirs(data, name)
+        stems = list_frames(frames)
+        swaps = identity_swaps([read_mask(out / name / f"{stem}.png") for stem in stems],
+                               read_ground_truth(annotations, stems))
         per_sequence[name] = {"J": round(100 * s["J-Mean"], 1), "F": round(100 * s["F-Mean"], 1),
-                              "J&F": round(100 * s["J&F"], 1), "fps": round(len(latencies) / sum(latencies), 2)}
+                              "J&F": round(100 * s["J&F"], 1), "fps": round(len(latencies) / sum(latencies), 2),
+                              "identity_swaps": swaps}
     s = summarize(objects_all)
     return {"sequences": per_sequence, "J": round(100 * s["J-Mean"], 1), "F": round(100 * s["F-Mean"], 1),
             "J&F": round(100 * s["J&F"], 1)}
@@ -147,6 +174,9 @@ def markdown(report: dict) -> str:
                                                  for v in variants) + " |")
     lines.append("| **mean (objects)** | " + " | ".join(f"**{report['variants'][v]['J&F']:.1f}**" for v in variants)
                  + " |")
+    lines.append("| identity swaps (frames × objects) | " + " | ".join(
+        str(sum(x.get("identity_swaps", 0) for x in report["variants"][v]["sequences"].values())) for v in variants)
+        + " |")
     return "\n".join(lines) + "\n"
 
 

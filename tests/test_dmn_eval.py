@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.dmn_eval import OracleProposals, markdown
+from benchmarks.dmn_eval import OracleProposals, identity_swaps, markdown
 
 
 def test_oracle_proposals_are_the_frames_objects_on_the_padded_stride4_grid():
@@ -30,3 +30,14 @@ def test_markdown_lists_every_sequence_and_variant():
     table = markdown(report)
     assert "| sequence | every_k | dmn_aoa |" in table
     assert "| b | 70.5 | 69.0 |" in table and "**75.2**" in table
+
+
+def test_identity_swaps_count_masks_lying_on_another_object():
+    gt = np.zeros((10, 10), np.uint8)
+    gt[:, :5], gt[:, 5:] = 1, 2
+    swapped = np.where(gt == 1, 2, 1).astype(np.uint8)         # both labels exchanged
+    half = gt.copy()
+    half[:, 3:5] = 2                                            # object 2 leaks into 1: 40 % of 1's
+    assert identity_swaps([gt, gt, swapped], [gt, gt, gt]) == 2
+    assert identity_swaps([gt, half], [gt, gt]) == 0
+    assert identity_swaps([swapped, gt], [gt, gt]) == 0          # frame 0 (the given mask) is not scored
