@@ -384,10 +384,13 @@ def test_rss_helpers():
 
 
 def core_only_model(dst: Path) -> Path:
-    """A copy of the bundled model with only the four core graphs (no QAM/SAM heads)."""
+    """A copy of the bundled model with only the four core graphs (no QAM/SAM heads, no DMN-AOA
+    graphs or proposals)."""
     dst.mkdir()
     raw = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text())
     raw["graphs"] = {name: raw["graphs"][name] for name in GRAPH_NAMES}
+    raw.pop("proposals", None)
+    raw.pop("dmn", None)
     for name in GRAPH_NAMES:
         shutil.copyfile(DEFAULT_MODEL_DIR / raw["graphs"][name]["file"], dst / raw["graphs"][name]["file"])
     (dst / "manifest.json").write_text(json.dumps(raw))

@@ -24,8 +24,27 @@ def test_bundled_export_is_complete_and_matches_its_checkpoint_config():
     assert (manifest.key_channels, manifest.value_channels) == (cfg["key_channels"], cfg["value_channels"])
     assert manifest.method == "every_k"
     assert set(manifest.graphs) == {"key_encoder", "value_encoder", "readout", "decoder", "prior_enhance", "qam",
-                                    "sam_key", "sam_value"}                   # every policy runs on it
+                                    "sam_key", "sam_value",                   # every policy runs on it
+                                    "dmn_memory", "dmn_template", "aoa_match", "refine"}   # and dmn_aoa
     assert sorted(cfg["heads"]) == ["prior", "qam", "sam"]
+    raw = json.loads((BUNDLED / "manifest.json").read_text())
+    assert raw["proposals"]["file"] == "proposals.onnx" and raw["proposals"]["format"] == "vosedge"
+    assert raw["dmn"]["align"] is True
+
+
+def test_bundled_dmn_graphs_are_the_committed_dmn_weights():
+    """The bundle's DMN-AOA graphs are training/weights/dmn-lite (fp16) on the bundled core:
+    each graph agrees with the torch modules on random inputs (export.dmn_export's check)."""
+    pytest.importorskip("torch")
+    from export.dmn_export import check_dmn_parity
+    from training.checkpoint import load_checkpoint
+    from training.dmn_train import load_dmn
+
+    net, _ = load_checkpoint(CHECKPOINT)
+    dmn, _ = load_dmn(ROOT / "training" / "weights" / "dmn-lite", net)
+    diffs = check_dmn_parity(dmn.eval(), BUNDLED, load_manifest(BUNDLED))
+    assert set(diffs) == {"dmn_memory", "dmn_template", "aoa_match", "refine"}
+    assert max(diffs.values()) <= 1e-3
 
 
 @needs_data
@@ -44,10 +63,11 @@ def test_bundled_graphs_match_the_checkpoint_on_real_frames():
 # first_latest and qpm keep the previous frame; on blackswan its errors compound
 # (first_latest: 61.6 J&F in vos-bench); the other policies hold IoU > 0.8
 @pytest.mark.parametrize("method, min_iou", [("every_k", 0.8), ("first_latest", 0.4), ("lfu", 0.8), ("qdmn", 0.8),
-                                             ("qpm", 0.4), ("rde", 0.8)])
+                                             ("qpm", 0.4), ("rde", 0.8), ("dmn_aoa", 0.8)])
 def test_bundled_model_tracks_a_real_object(method, min_iou):
     """blackswan, 240p, 20 frames from the first mask: the swan is still found by every memory
-    policy on the bundled model (QAM, prior enhancement and SAM included)."""
+    policy on the bundled model (QAM, prior enhancement and SAM included), and by dmn_aoa with
+    the bundled proposals graph."""
     from benchmarks.common import read_ground_truth
     from sdk.davis import davis_sequence_dirs
     from sdk.io import iter_frames, list_frames
