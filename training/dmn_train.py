@@ -231,13 +231,17 @@ def _to_tensors(item: dict) -> dict:
 def main(core, roots, out, iterations, batch, frames, crop, objects, duplicate_prob, max_skip, max_time, lr,
          decoder_lr, proposal_weights, network_prob, checkpoint_every, seed, threads, time_limit, final):
     """Train DMN-AOA's object memory, adaptive alignment, matcher and RefineNet injections on a
-    frozen core (issue 27 item 7). Example (CPU, ~1 h):
+    frozen core (issue 27 item 7). The run behind training/weights/dmn-lite (53 min on a 2-core CPU):
 
-      python -m training.dmn_train --out runs/dmn-lite --iterations 1500 --threads 2 \\
-          --final training/weights/dmn-lite
+    \b
+      OMP_NUM_THREADS=1 python -m training.dmn_train --out runs/dmn-lite --iterations 1800 \\
+          --threads 1 --final training/weights/dmn-lite
 
-    then add the graphs to an export: python -m export.dmn_export --weights training/weights/dmn-lite
-    --export sdk/models/default (see docs/dmn-aoa.md)."""
+    then add the graphs to an export (see docs/dmn-aoa.md):
+
+    \b
+      python -m export.dmn_export --weights training/weights/dmn-lite --export DIR
+      python -m export.proposal_export --export DIR"""
     began = time.time()
     if threads:
         torch.set_num_threads(threads)
