@@ -313,8 +313,7 @@ def main(core, roots, out, iterations, batch, frames, crop, objects, duplicate_p
         if done % checkpoint_every == 0 or done == iterations or stop:
             line = {"iteration": done, "seconds": round(seconds, 1),
                     **{k: round(v / sums["steps"], 5) for k, v in sums.items() if k != "steps"},
-                    "alpha": round(float(dmn.matcher.alpha), 4), "beta": round(float(dmn.matcher.beta), 4),
-                    "dustbin": round(float(dmn.matcher.dustbin), 4)}
+                    **{k: round(getattr(dmn.matcher, k).detach().item(), 4) for k in ("alpha", "beta", "dustbin")}}
             with history.open("a") as f:
                 f.write(json.dumps(line) + "\n")
             sums = {}
