@@ -24,7 +24,7 @@ import numpy as np
 from benchmarks.common import machine_info
 from benchmarks.machine import proc_status_bytes
 from sdk.demo import make_clip
-from sdk.io import OverlayWriter
+from sdk.overlay import OverlayWriter
 
 
 def write_video(path: Path, frames: int, height: int, width: int) -> np.ndarray:

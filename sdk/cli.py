@@ -27,9 +27,7 @@ from sdk.batch_cli import batch_options, segment_batch
 from sdk.demo import make_clip
 from sdk.errors import BadFrameError, InputError, ParameterError, VosEdgeError
 from sdk.io import (
-    OverlayWriter,
     check_mask_size,
-    check_overlay_path,
     frame_files,
     iter_frames,
     list_frames,
@@ -38,6 +36,7 @@ from sdk.io import (
 )
 from sdk.manifest import resolve_model
 from sdk.outputs import OutputFolder
+from sdk.overlay import OverlayWriter, check_overlay_path
 from sdk.params import (
     MIN_FEATURE_ROWS,
     SEGMENTER_OPTIONS,
@@ -295,7 +294,7 @@ def segment(
     """Step `segmenter` through (name, rgb uint8 [H,W,3]) frames, giving `first_mask` (label
     map [H,W]) with the first; write `<out>/<name>.png` (DAVIS palette) per frame, recorded in
     `out` as it is written, and, if `overlay` is set, an H.264 MP4 of the blended masks
-    (:class:`~sdk.io.OverlayWriter`) -> number of masks written.
+    (:class:`~sdk.overlay.OverlayWriter`) -> number of masks written.
 
     With `skipped` (a list: the ``--on-bad-frame skip`` mode), a frame whose size differs from
     the first frame's is appended to it as a :class:`~sdk.errors.BadFrameError` and not

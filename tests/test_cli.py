@@ -13,7 +13,8 @@ import sdk
 from sdk import cli
 from sdk.demo import make_clip
 from sdk.errors import ManifestError
-from sdk.io import OverlayWriter, iter_frames, read_mask, write_mask
+from sdk.io import iter_frames, read_mask, write_mask
+from sdk.overlay import OverlayWriter
 
 BUNDLED = Path(sdk.__file__).parent / "models" / "default"
 

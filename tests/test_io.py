@@ -36,13 +36,12 @@ from PIL import Image
 from sdk.errors import BadFrameError, InputError, VideoReadError, VosEdgeError
 from sdk.io import (
     PALETTE,
-    OverlayWriter,
     frame_files,
     iter_frames,
     list_frames,
-    overlay,
     read_frame,
 )
+from sdk.overlay import OverlayWriter, overlay
 
 # --- frames: strict decoding -----------------------------------------------------------------
 
@@ -580,6 +579,17 @@ def test_the_overlay_must_be_named_mp4_before_anything_is_created(tmp_path, name
 
 
 def test_the_h264_encoder_is_in_the_wheel():
-    from sdk.io import H264_ENCODERS, h264_encoder
+    from sdk.overlay import H264_ENCODERS, h264_encoder
 
     assert h264_encoder() in H264_ENCODERS
+
+
+def test_the_overlay_names_still_resolve_in_sdk_io():
+    """sdk.io.OverlayWriter (the README's name before sdk.overlay) is the same object."""
+    import sdk.io
+    import sdk.overlay
+
+    for name in ("overlay", "H264_ENCODERS", "h264_encoder", "check_overlay_path", "OverlayWriter"):
+        assert getattr(sdk.io, name) is getattr(sdk.overlay, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        sdk.io.no_such_name
